@@ -1,0 +1,37 @@
+"""Shared fixtures: the one place tests find the real benchmark data, and the skip rules for optional hardware."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def _data_root() -> Path:
+    if os.environ.get("RLABLATE_DATA_DIR"):
+        return Path(os.environ["RLABLATE_DATA_DIR"])
+    return REPO.parent / "shared" / "data" / "benchmarks"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """Folder of benchmark JSONL files; a skip on a user's clone, a failure under CI=true."""
+    root = _data_root()
+    if not (root / "math500.jsonl").is_file():
+        message = f"benchmark data not found at {root} (set RLABLATE_DATA_DIR)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return root
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
