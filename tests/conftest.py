@@ -13,14 +13,14 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 def _data_root() -> Path:
     if os.environ.get("RLABLATE_DATA_DIR"):
         return Path(os.environ["RLABLATE_DATA_DIR"])
-    return REPO.parent / "shared" / "data" / "benchmarks"
+    return REPO.parent / "shared" / "data"
 
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    """Folder of benchmark JSONL files; a skip on a user's clone, a failure under CI=true."""
+    """The data folder (``benchmarks/*.jsonl``, ``train/*.jsonl``); a skip on a user's clone, a failure under CI=true."""
     root = _data_root()
-    if not (root / "math500.jsonl").is_file():
+    if not (root / "benchmarks" / "math500.jsonl").is_file():
         message = f"benchmark data not found at {root} (set RLABLATE_DATA_DIR)"
         if IN_CI:
             pytest.fail(message)
