@@ -5,4 +5,26 @@ baselines and Miner), each algorithm a frozen dataclass preset in the one regist
 model, no config files: functions of tensors and explicit floats. Imports torch only; nothing of ours.
 """
 
-__all__: list[str] = []
+from algorithms.advantages import advantages_with_metrics, compute_advantages
+from algorithms.aggregate import aggregate
+from algorithms.logprobs import token_logp_and_entropy
+from algorithms.losses import policy_loss
+from algorithms.presets import ALGORITHMS, Algorithm, get_algorithm
+from algorithms.rewards import group_filter, shape_rewards
+from algorithms.types import AdvantageOutput, LossOutput, Normalizers
+
+__all__ = [
+    "ALGORITHMS",
+    "AdvantageOutput",
+    "Algorithm",
+    "LossOutput",
+    "Normalizers",
+    "advantages_with_metrics",
+    "aggregate",
+    "compute_advantages",
+    "get_algorithm",
+    "group_filter",
+    "policy_loss",
+    "shape_rewards",
+    "token_logp_and_entropy",
+]

@@ -5,7 +5,21 @@ import importlib
 import pytest
 
 PUBLIC = {
-    "algorithms": [],
+    "algorithms": [
+        "ALGORITHMS",
+        "AdvantageOutput",
+        "Algorithm",
+        "LossOutput",
+        "Normalizers",
+        "advantages_with_metrics",
+        "aggregate",
+        "compute_advantages",
+        "get_algorithm",
+        "group_filter",
+        "policy_loss",
+        "shape_rewards",
+        "token_logp_and_entropy",
+    ],
     "evals": [],
     "rollout": [],
     "training": [],
