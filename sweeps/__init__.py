@@ -5,4 +5,9 @@ preemption), the ablation, comparison and sensitivity sweeps, cluster profiles a
 ``training`` configs and runs ``training``; knows no algorithm internals beyond preset names and fields.
 """
 
-__all__: list[str] = []
+# The launcher and the status table are entry points (python -m sweeps.launch / sweeps.status): importing them
+# here would make runpy warn; use sweeps.launch.launch / LaunchOptions / Cluster from there.
+from sweeps.jobs import TrainJob
+from sweeps.spec import Arm, Run, Shared, Sweep, plan, sweep_runs, write_plan
+
+__all__ = ["Arm", "Run", "Shared", "Sweep", "TrainJob", "plan", "sweep_runs", "write_plan"]

@@ -23,8 +23,19 @@ PUBLIC = {
     "evals": [],
     "rollout": [],
     "training": [],
-    "sweeps": [],
-    "analysis": [],
+    "sweeps": ["Arm", "Run", "Shared", "Sweep", "TrainJob", "plan", "sweep_runs", "write_plan"],
+    "analysis": [
+        "Results",
+        "Table",
+        "build_table",
+        "load_results",
+        "mean_ci",
+        "paired_diff",
+        "run_scores",
+        "save_results",
+        "to_latex",
+        "to_markdown",
+    ],
 }
 
 

@@ -1,0 +1,175 @@
+"""Make the report: tables (LaTeX, Markdown, CSV), figures (PNG, PDF) and an index.md, from finished runs.
+
+    python analysis/make_tables.py [SWEEP_DIR ...] [--out results/report]
+
+With no directory it reads every sweep under results/. Per sweep: the main table (every arm, difference from
+the baseline arm with a paired test), the ablation table when its sweep.json says ``"kind": "ablation"``, the
+sensitivity table for ``"sensitivity"``; training curves against step and generated tokens, pass@k curves,
+ablation bars. Runs in progress (no summary.json) are left out and listed.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a plain file: make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from analysis.figures import plot_ablation_bars, plot_pass_at_k, plot_training_curves
+from analysis.load import Results, load_results, save_results
+from analysis.tables import Table, build_table, run_scores, to_frame, to_latex, to_markdown
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _arms_in_order(results: Results, sweep: str) -> list[str]:
+    finished = set(results.evals.loc[results.evals["sweep"] == sweep, "arm"])
+    planned = [arm["arm"] for arm in results.sweeps[sweep].get("arms", [])]
+    return [a for a in planned if a in finished] + sorted(finished - set(planned))
+
+
+def _changes_text(changes: dict) -> str:
+    return ", ".join(f"{key}={value}" for key, value in changes.items()) or "(none)"
+
+
+def sweep_tables(results: Results, sweep: str, baseline: str) -> list[Table]:
+    """The tables of one sweep: main always; ablation or sensitivity as its sweep.json ``kind`` says."""
+    info = results.sweeps[sweep]
+    arms = _arms_in_order(results, sweep)
+    scores = run_scores(results.evals[results.evals["sweep"] == sweep])
+    reference = info.get("baseline", baseline)
+    tables = [
+        build_table(
+            scores,
+            f"{sweep}-main",
+            f"{sweep}: Pass@1 and Pass@K (%) on the test benchmarks, mean ± 95% CI over seeds; "
+            f"Δ is the paired difference from {reference} (paired t-test p-value).",
+            arms,
+            reference=reference if reference in arms else None,
+        )
+    ]
+    planned = {arm["arm"]: arm for arm in info.get("arms", [])}
+    match info.get("kind"):
+        case "ablation":
+            full = info["reference"]
+            ablation_arms = arms
+            text = {a: _changes_text(planned[a].get("changes", {})) for a in arms if a in planned}
+            tables.append(
+                build_table(
+                    scores,
+                    f"{sweep}-ablation",
+                    f"{sweep}: ablation of {full}; Pass@1 (%) per benchmark, averages, Δ from the full method.",
+                    ablation_arms,
+                    per_benchmark=("Pass@1",),
+                    reference=full if full in ablation_arms else None,
+                    text=text,
+                    text_title=f"differs from {full}",
+                )
+            )
+        case "sensitivity":
+            parameter = info["parameter"]
+            ordered = sorted((a for a in arms if a in planned), key=lambda a: planned[a]["value"])
+            tables.append(
+                build_table(
+                    scores,
+                    f"{sweep}-sensitivity",
+                    f"{sweep}: sensitivity to {parameter}; Pass@1 (%) per benchmark and averages.",
+                    ordered,
+                    row_labels=[f"{parameter}={planned[a]['value']}" for a in ordered],
+                    per_benchmark=("Pass@1",),
+                    reference=info.get("reference") if info.get("reference") in ordered else None,
+                )
+            )
+        case _:
+            pass
+    return tables
+
+
+def write_table(table: Table, out_dir: Path) -> str:
+    """Write <name>.md/.tex/.csv under out_dir/tables; return the Markdown."""
+    folder = out_dir / "tables"
+    folder.mkdir(parents=True, exist_ok=True)
+    markdown = to_markdown(table)
+    (folder / f"{table.name}.md").write_text(markdown)
+    (folder / f"{table.name}.tex").write_text(to_latex(table))
+    to_frame(table).to_csv(folder / f"{table.name}.csv", index=False)
+    return markdown
+
+
+def sweep_figures(results: Results, sweep: str, out_dir: Path) -> list[tuple[str, Path]]:
+    """Draw the sweep's figures under out_dir/figures; return (caption, PNG path) pairs."""
+    folder = out_dir / "figures"
+    folder.mkdir(parents=True, exist_ok=True)
+    arms = _arms_in_order(results, sweep)
+    evals = results.evals[results.evals["sweep"] == sweep]
+    curves = results.curves[results.curves["sweep"] == sweep]
+    plots = [
+        (
+            "training curves against optimiser step",
+            "curves-step",
+            lambda stem: plot_training_curves(curves, arms, "step", stem, sweep),
+        ),
+        (
+            "training curves against generated tokens",
+            "curves-tokens",
+            lambda stem: plot_training_curves(curves, arms, "generated_tokens", stem, sweep),
+        ),
+        ("pass@k against k", "pass-at-k", lambda stem: plot_pass_at_k(evals, arms, stem, sweep)),
+        ("average Pass@1 and Pass@K per arm", "bars", lambda stem: plot_ablation_bars(evals, arms, arms, stem, sweep)),
+    ]
+    figures = [(caption, draw(folder / f"{sweep}-{suffix}")) for caption, suffix, draw in plots]
+    return [(caption, paths[0]) for caption, paths in figures]
+
+
+def make_report(paths: list[Path], out_dir: Path, baseline: str = "grpo") -> Results:
+    """Load, tabulate and plot every sweep under ``paths`` into ``out_dir`` (index.md last); return what it read."""
+    results = load_results(paths)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_results(results, out_dir)
+    lines = [
+        "# Report",
+        "",
+        f"From {', '.join(str(p) for p in paths)}: {results.evals['run'].nunique()} finished runs, "
+        f"{len(results.in_progress)} in progress. Cells are mean ± 95% t-interval over seeds, in percent.",
+        "Tidy data: [runs.csv](runs.csv) ([parquet](runs.parquet)), [curves.csv](curves.csv).",
+        "",
+    ]
+    for sweep, info in results.sweeps.items():
+        lines += [f"## {sweep}" + (f" ({info['kind']})" if info.get("kind") else ""), ""]
+        if info.get("shared"):
+            lines += ["Shared settings: " + _changes_text(info["shared"]), ""]
+        if not (results.evals["sweep"] == sweep).any():
+            lines += ["No finished runs yet.", ""]
+            continue
+        for table in sweep_tables(results, sweep, baseline):
+            lines += [f"### {table.caption}", "", write_table(table, out_dir)]
+            lines += [f"[LaTeX](tables/{table.name}.tex) · [CSV](tables/{table.name}.csv)", ""]
+        for caption, png in sweep_figures(results, sweep, out_dir):
+            pdf = png.with_suffix(".pdf").relative_to(out_dir)
+            lines += [f"### {caption}", "", f"![{caption}]({png.relative_to(out_dir)})", f"[PDF]({pdf})", ""]
+    if results.in_progress:
+        lines += ["## Runs in progress (left out)", ""] + [f"- {run}" for run in results.in_progress] + [""]
+    if results.not_planned:
+        lines += ["## Run folders not in their sweep.json (left out)", ""]
+        lines += [f"- {run}" for run in results.not_planned] + [""]
+    (out_dir / "index.md").write_text("\n".join(lines))
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("paths", nargs="*", type=Path, help="sweep or run folders (default: results/)")
+    parser.add_argument("--out", type=Path, default=REPO / "results" / "report")
+    parser.add_argument("--baseline", default="grpo", help="arm the main table's Δ column compares against")
+    args = parser.parse_args(argv)
+    paths = args.paths or [REPO / "results"]
+    results = make_report(paths, args.out, args.baseline)
+    for run in results.in_progress:
+        print(f"in progress, left out: {run}")
+    for run in results.not_planned:
+        print(f"not in its sweep.json, left out: {run}")
+    print(f"report: {args.out / 'index.md'} ({results.evals['run'].nunique()} finished runs)")
+
+
+if __name__ == "__main__":
+    main()

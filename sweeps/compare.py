@@ -1,0 +1,69 @@
+"""Compare algorithms under shared settings: GRPO, DAPO, REINFORCE++-baseline, GSPO, Miner, entropy baselines.
+
+    python sweeps/compare.py [--methods grpo,dapo,...] [--seeds 3] [--profile tiny|paper] [--executor ...]
+
+Every arm is a preset as its paper defines it, except the settings the sweep shares (learning rate, lengths,
+samples per prompt, KL coefficient, and the aggregation of presets that keep GRPO's); ``plan.md`` lists each
+arm's departures. The KL coefficient defaults to the profile's algorithm's (tiny: GRPO's 0.04; paper: Miner's).
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a plain file: make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from algorithms import ALGORITHMS
+from sweeps.launch import sweep_main
+from sweeps.options import base_config, seeds, shared_from_args
+from sweeps.spec import Arm, Sweep
+
+METHODS = (
+    "grpo",
+    "dapo",
+    "reinforce_pp_baseline",
+    "gspo",
+    "miner",
+    "entropy_bonus",
+    "entropy_adv",
+    "clip_cov",
+    "kl_cov",
+    "high_entropy_mask",
+)
+
+
+def parse_methods(text: str | None) -> tuple[str, ...]:
+    """A comma list of presets (default: METHODS); GRPO is always included, first, as the reference."""
+    names = METHODS if text is None else tuple(n.strip() for n in text.split(",") if n.strip())
+    for name in names:
+        if name not in ALGORITHMS:
+            raise ValueError(f"unknown method {name!r} in --methods; choose from: {', '.join(ALGORITHMS)}")
+    return ("grpo", *(n for n in dict.fromkeys(names) if n != "grpo"))
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--methods", help="comma list of presets (default: " + ",".join(METHODS) + ")")
+
+
+def build(args: argparse.Namespace) -> Sweep:
+    """The comparison sweep from the parsed command line."""
+    base = base_config(args)
+    return Sweep(
+        name="compare",
+        kind="compare",
+        profile=args.profile,
+        base=base,
+        shared=shared_from_args(args, base, base.preset),
+        arms=tuple(Arm(name) for name in parse_methods(args.methods)),
+        seeds=seeds(args),
+        reference="grpo",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    return sweep_main(build, add_args, argv, __doc__.split("\n")[0], prog="compare.py")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

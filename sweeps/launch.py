@@ -1,0 +1,341 @@
+"""Run a sweep through submitit: on this machine (``local``, the default), on Slurm (job arrays), or ``debug``.
+
+    python -m sweeps.launch sweeps/compare.py [--executor local|slurm|debug] [--dry-run] [--resume auto|skip] ...
+
+Runs with ``summary.json`` are skipped; unfinished ones resume from their own checkpoints (``--resume auto``);
+on Slurm, jobs that time out or are preempted requeue themselves (``sweeps.jobs.TrainJob``). Locally, runs go
+in parallel up to the cores available, each with ``--threads`` torch threads (1: two runs on two cores).
+The launcher knows no algorithm: it writes each ``config.json`` and runs ``python -m training.train``.
+"""
+
+import argparse
+import dataclasses
+import importlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, assert_never
+
+import submitit
+from submitit.slurm.slurm import _make_sbatch_string
+
+from sweeps.jobs import REPO, TrainJob, read_launch, record_event, train_command
+from sweeps.options import add_sweep_args
+from sweeps.spec import Run, Sweep, plan, plan_markdown, sweep_runs, write_plan
+from training.config import to_dict
+
+Executor = Literal["local", "slurm", "debug"]
+CLUSTERS = Path(__file__).resolve().parent / "clusters"  # named cluster profiles: <name>.json
+POLL_S = 2.0
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Resources per job (one run) and where it goes; read from a profile file, then command-line flags."""
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time_min: int = 240  # wall time per attempt; a run that needs longer requeues and resumes
+    gpus: int = 0  # per job; > 1 runs training under torchrun, one rank per GPU
+    cpus: int = 2
+    mem_gb: float | None = None
+    array_parallelism: int = 64  # array tasks running at once
+    setup: tuple[str, ...] = ()  # shell lines before the job (module load ..., source venv)
+
+
+@dataclass(frozen=True)
+class LaunchOptions:
+    """How to run a sweep (never what it runs)."""
+
+    executor: Executor = "local"
+    cluster: Cluster = Cluster()
+    parallel: int | None = None  # local: runs at once (None: cores // threads)
+    threads: int = 1  # torch threads per run
+    resume: Literal["auto", "skip"] = "auto"  # unfinished runs: resume from their checkpoints, or leave alone
+    dry_run: bool = False
+    wait: bool = True  # slurm: block until every job ends (local and debug always wait)
+
+
+def load_cluster(profile: str | None, **overrides: object) -> Cluster:
+    """A cluster profile (a name in sweeps/clusters/ or a JSON path) with non-None ``overrides`` on top."""
+    data: dict = {}
+    if profile is not None:
+        path = CLUSTERS / f"{profile}.json" if (CLUSTERS / f"{profile}.json").is_file() else Path(profile)
+        if not path.is_file():
+            names = sorted(p.stem for p in CLUSTERS.glob("*.json"))
+            raise ValueError(f"--cluster {profile!r}: no such file or profile (profiles: {', '.join(names)})")
+        data = json.loads(path.read_text())
+    data |= {k: v for k, v in overrides.items() if v is not None}
+    fields = {f.name for f in dataclasses.fields(Cluster)}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        raise ValueError(f"cluster profile key(s) {unknown} unknown; valid keys: {', '.join(sorted(fields))}")
+    if "setup" in data:
+        data["setup"] = tuple(data["setup"])
+    return Cluster(**data)
+
+
+def run_state(run_dir: Path) -> Literal["done", "partial", "new"]:
+    """done: summary.json; partial: training started (metrics or checkpoints); new: nothing trained yet."""
+    if (run_dir / "summary.json").is_file():
+        return "done"
+    if (run_dir / "metrics.jsonl").is_file() or (run_dir / "checkpoints").is_dir():
+        return "partial"
+    return "new"
+
+
+def slurm_parameters(cluster: Cluster, job_name: str) -> dict:
+    """submitit SlurmExecutor parameters (sbatch flags) for one job per run."""
+    params: dict = {
+        "job_name": job_name,
+        "time": cluster.time_min,
+        "cpus_per_task": cluster.cpus,
+        "array_parallelism": cluster.array_parallelism,
+        "signal_delay_s": 120,  # USR2 this long before the time limit: enough to requeue
+        "setup": [f"export PYTHONPATH={REPO}${{PYTHONPATH:+:$PYTHONPATH}}", *cluster.setup],
+    }
+    optional = {
+        "partition": cluster.partition,
+        "account": cluster.account,
+        "qos": cluster.qos,
+        "gpus_per_node": cluster.gpus or None,
+        "mem": f"{cluster.mem_gb:g}GB" if cluster.mem_gb else None,
+    }
+    return params | {k: v for k, v in optional.items() if v is not None}
+
+
+def sbatch_script(cluster: Cluster, job_name: str, folder: Path, array_size: int) -> str:
+    """The sbatch script submitit would write for an array of ``array_size`` runs (submitit's own formatter)."""
+    command = f"{shlex.quote(sys.executable)} -u -m submitit.core._submit {shlex.quote(str(folder))}"
+    params = slurm_parameters(cluster, job_name)
+    return _make_sbatch_string(command=command, folder=folder, map_count=array_size, **params)
+
+
+def write_config(run: Run, sweep: str) -> Path:
+    """Write the run's resolved config.json with meta {run_id, arm, sweep}, which training keeps (kept if present)."""
+    run_dir = Path(run.config.out_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "config.json"
+    if not path.is_file():
+        meta = {"run_id": run.run_id, "arm": run.arm, "sweep": sweep}
+        path.write_text(json.dumps(to_dict(run.config) | {"meta": meta}, indent=1) + "\n")
+    return path
+
+
+def make_executor(options: LaunchOptions, folder: Path, job_name: str) -> submitit.Executor:
+    match options.executor:
+        case "local":
+            executor = submitit.LocalExecutor(folder)
+            executor.update_parameters(timeout_min=options.cluster.time_min)
+        case "slurm":
+            executor = submitit.SlurmExecutor(folder)
+            executor.update_parameters(**slurm_parameters(options.cluster, job_name))
+        case "debug":
+            executor = submitit.DebugExecutor(folder)
+        case _:
+            assert_never(options.executor)
+    return executor
+
+
+def _slurm_alive(job_ids: list[str]) -> set[str]:
+    """Job ids (``<array>_<task>``) that squeue still lists (pending, running, requeued...)."""
+    arrays = sorted({job.split("_")[0] for job in job_ids})
+    out = subprocess.run(
+        ["squeue", "-h", "-r", "-j", ",".join(arrays), "-o", "%i"], capture_output=True, text=True, check=False
+    ).stdout
+    return {line.strip() for line in out.splitlines() if line.strip()}
+
+
+def _finish_message(run: Run, started: float) -> tuple[bool, str]:
+    run_dir = Path(run.config.out_dir)
+    if (run_dir / "summary.json").is_file():
+        return True, f"done    {run.run_id} ({time.time() - started:.0f} s)"
+    state = read_launch(run_dir).get("state", "no launch record")
+    return False, f"FAILED  {run.run_id} (state {state}; see {run_dir / 'train.log'})"
+
+
+def _wait_local(executor: submitit.Executor, jobs: list[tuple[Run, TrainJob]], parallel: int) -> list[Run]:
+    """Keep ``parallel`` runs going until all have ended; return the failed ones."""
+    pending, running, failed = list(jobs), [], []
+    total, ended = len(jobs), 0
+    while pending or running:
+        while pending and len(running) < parallel:
+            run, job = pending.pop(0)
+            running.append((run, executor.submit(job), time.time()))
+            print(f"start   {run.run_id}", flush=True)
+        for item in [r for r in running if r[1].done()]:
+            running.remove(item)
+            ended += 1
+            ok, message = _finish_message(item[0], item[2])
+            print(f"[{ended}/{total}] {message}", flush=True)
+            if not ok:
+                failed.append(item[0])
+        time.sleep(POLL_S)
+    return failed
+
+
+def _wait_slurm(runs: list[Run], job_ids: list[str]) -> list[Run]:
+    """Poll squeue until no job of the sweep is left; a run whose job is gone without summary.json failed."""
+    started = time.time()
+    waiting = dict(zip(job_ids, runs, strict=True))
+    failed = []
+    while waiting:
+        time.sleep(POLL_S)
+        alive = _slurm_alive(list(waiting))
+        for job_id in [j for j in waiting if j not in alive]:
+            run = waiting.pop(job_id)
+            ok, message = _finish_message(run, started)
+            print(f"[{len(runs) - len(waiting)}/{len(runs)}] {message} job {job_id}", flush=True)
+            if not ok:
+                failed.append(run)
+    return failed
+
+
+def launch(sweep: Sweep, runs: list[Run], sweep_dir: Path, options: LaunchOptions) -> list[Run]:
+    """Write the plan and configs, start every unfinished run; return the runs that failed (if waited for)."""
+    states = {run.run_id: run_state(Path(run.config.out_dir)) for run in runs}
+    todo = [
+        r for r in runs if states[r.run_id] == "new" or (states[r.run_id] == "partial" and options.resume == "auto")
+    ]
+    print(f"sweep {sweep.name}: {len(runs)} runs in {sweep_dir}")
+    for run in runs:
+        action = {"done": "skip (summary.json)", "new": "start", "partial": "resume"}[states[run.run_id]]
+        if states[run.run_id] == "partial" and options.resume == "skip":
+            action = "leave (partial, --resume skip)"
+        print(f"  {run.run_id:44s} {run.arm:28s} seed {run.seed}  {action}")
+    folder = sweep_dir / ".submitit"
+    if options.dry_run:
+        print(plan_markdown(plan(sweep, runs)))
+        if todo:
+            print("command per run:", " ".join(train_command(Path("<run_dir>/config.json"), options.cluster.gpus)))
+        if options.executor == "slurm" and todo:
+            print("sbatch script (one array task per run):")
+            print(sbatch_script(options.cluster, sweep.name, folder, len(todo)))
+        return []
+    write_plan(sweep, runs, sweep_dir)
+    if not todo:
+        print("nothing to run: every run has summary.json")
+        return []
+    if any(run.config.model.path is None for run in todo):
+        from training.tiny import ensure_tiny_model  # build the embedded model once, before runs race for it
+
+        ensure_tiny_model()
+    jobs = [
+        (
+            run,
+            TrainJob(
+                run.config.out_dir, train_command(write_config(run, sweep.name), options.cluster.gpus), options.threads
+            ),
+        )
+        for run in todo
+    ]
+    # job processes unpickle TrainJob from this repo even when it is not installed
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    executor = make_executor(options, folder, sweep.name)
+    match options.executor:
+        case "local":
+            cores = len(os.sched_getaffinity(0))
+            parallel = options.parallel or max(1, cores // options.threads)
+            print(f"local: {parallel} runs at a time, {options.threads} thread(s) each")
+            failed = _wait_local(executor, jobs, parallel)
+        case "debug":
+            failed = _wait_local(executor, jobs, 1)
+        case "slurm":
+            submitted = executor.submit_array([job for _, job in jobs])
+            job_ids = [job.job_id for job in submitted]
+            for run, job_id in zip(todo, job_ids, strict=True):
+                record_event(Path(run.config.out_dir), "submitted", executor="slurm", job_id=job_id)
+            print(f"slurm: submitted {len(job_ids)} job(s): {job_ids[0]} .. {job_ids[-1]}")
+            if not options.wait:
+                print(f"follow with: python -m sweeps.status {sweep_dir}")
+                return []
+            failed = _wait_slurm(todo, job_ids)
+        case _:
+            assert_never(options.executor)
+    failures = ", FAILED: " + ", ".join(run.run_id for run in failed) if failed else ""
+    print(f"sweep {sweep.name}: {len(todo) - len(failed)} of {len(todo)} runs finished{failures}")
+    return failed
+
+
+def add_launch_args(parser: argparse.ArgumentParser) -> None:
+    """The launcher's flags (executor, resources, resume, dry run)."""
+    group = parser.add_argument_group("launch")
+    group.add_argument("--executor", choices=["local", "slurm", "debug"], default="local")
+    group.add_argument("--dry-run", action="store_true", help="print the plan (and the sbatch script) only")
+    group.add_argument("--resume", choices=["auto", "skip"], default="auto", help="unfinished runs: resume or leave")
+    group.add_argument("--parallel", type=int, help="local: runs at once (default: cores // threads)")
+    group.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    group.add_argument("--wait", action="store_true", help="slurm: wait for every job to end")
+    group.add_argument("--cluster", help="cluster profile: a name in sweeps/clusters/ or a JSON file")
+    group.add_argument("--partition")
+    group.add_argument("--account")
+    group.add_argument("--qos")
+    group.add_argument("--time", type=int, dest="time_min", help="minutes per job attempt")
+    group.add_argument("--gpus", type=int, help="GPUs per job")
+    group.add_argument("--cpus", type=int, help="CPUs per job")
+    group.add_argument("--mem", type=float, dest="mem_gb", help="GB of memory per job")
+    group.add_argument("--array-parallelism", type=int, help="slurm: array tasks at once")
+
+
+def launch_options(args: argparse.Namespace) -> LaunchOptions:
+    """LaunchOptions from parsed ``add_launch_args`` flags."""
+    keys = ("partition", "account", "qos", "time_min", "gpus", "cpus", "mem_gb", "array_parallelism")
+    cluster = load_cluster(args.cluster, **{k: getattr(args, k) for k in keys})
+    return LaunchOptions(
+        executor=args.executor,
+        cluster=cluster,
+        parallel=args.parallel,
+        threads=args.threads,
+        resume=args.resume,
+        dry_run=args.dry_run,
+        wait=args.wait or args.executor != "slurm",
+    )
+
+
+def sweep_main(
+    build: Callable[[argparse.Namespace], Sweep],
+    add_args: Callable[[argparse.ArgumentParser], None],
+    argv: list[str] | None,
+    description: str,
+    prog: str | None = None,
+) -> int:
+    """The command line of every sweep file: its own flags, the shared-settings flags, the launcher's flags."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_args(parser)
+    add_sweep_args(parser)
+    add_launch_args(parser)
+    args = parser.parse_args(argv)
+    try:
+        sweep = build(args)
+        options = launch_options(args)
+    except ValueError as error:  # a user's bad input: one line naming the culprit
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 2
+    sweep_dir = Path(args.out) if args.out else REPO / "results" / sweep.name
+    failed = launch(sweep, sweep_runs(sweep, sweep_dir), sweep_dir, options)
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m sweeps.launch <sweep file> [flags]``: the file's ``build`` and ``add_args`` define the sweep."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0].startswith("-"):
+        print("usage: python -m sweeps.launch sweeps/<name>.py [flags] (--help after the file lists them)")
+        return 2
+    path = Path(argv[0]).resolve()
+    if path.parent != Path(__file__).resolve().parent or not path.is_file():
+        print(f"sweeps.launch: error: {argv[0]} is not a sweep file in {Path(__file__).parent}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(f"sweeps.{path.stem}")
+    return sweep_main(module.build, module.add_args, argv[1:], module.__doc__.split("\n")[0], prog=argv[0])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""The command-line flags every sweep shares: the training profile, seeds, model, benchmarks and shared settings.
+
+``base_config`` turns them into the sweep's base ``RunConfig`` (a named training profile, the model and
+benchmarks, then any ``--set section.field=value`` overrides through the training CLI's own parser);
+``shared_from_args`` gives the settings set once for every arm.
+"""
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from algorithms.types import Aggregation
+from sweeps.spec import Shared, shared_settings
+from training.config import PROFILES, RunConfig, apply_overrides
+
+AGGREGATIONS = list(Aggregation.__args__)
+
+
+def add_sweep_args(parser: argparse.ArgumentParser) -> None:
+    """Flags for the base config and the shared settings (default: the ``tiny`` profile's values)."""
+    group = parser.add_argument_group("runs")
+    group.add_argument("--profile", choices=sorted(PROFILES), default="tiny", help="training profile (default tiny)")
+    group.add_argument("--seeds", type=int, default=3, help="seeds per arm: 0 .. N-1 (default 3)")
+    group.add_argument("--model", help="model directory or hub id (default: the profile's; tiny: the embedded model)")
+    group.add_argument("--benchmarks", help="test benchmarks: a group name or comma list (default: the profile's)")
+    group.add_argument("--dev", help="dev benchmarks that choose the checkpoint (default: the profile's)")
+    group.add_argument("--train", help="training prompts: a group name or comma list (default: the profile's)")
+    group.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any training config field")
+    group.add_argument("--out", help="sweep directory (default: results/<sweep name>)")
+    shared = parser.add_argument_group("shared settings (set once for every arm)")
+    shared.add_argument("--steps", type=int)
+    shared.add_argument("--lr", type=float)
+    shared.add_argument("--group-size", type=int, help="samples per prompt")
+    shared.add_argument("--max-new-tokens", type=int)
+    shared.add_argument("--kl-coef", type=float, help="default: the reference method's")
+    shared.add_argument("--aggregation", choices=AGGREGATIONS, help="for methods that do not define their own")
+
+
+def base_config(args: argparse.Namespace) -> RunConfig:
+    """The profile with the model, benchmarks and ``--set`` overrides applied; no progress bar in sweep logs."""
+    config = PROFILES[args.profile]()
+    model = str(Path(args.model).resolve()) if args.model and Path(args.model).exists() else args.model
+    if model is not None:
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, path=model))
+    evals = {"test": args.benchmarks, "dev": args.dev}
+    config = dataclasses.replace(
+        config,
+        eval=dataclasses.replace(config.eval, **{k: v for k, v in evals.items() if v is not None}),
+        data=dataclasses.replace(config.data, train=args.train or config.data.train),
+        logging=dataclasses.replace(config.logging, progress_bar=False),
+    )
+    return apply_overrides(config, [f"--{item}" for item in args.set])
+
+
+def shared_from_args(args: argparse.Namespace, base: RunConfig, reference_preset: str) -> Shared:
+    """The shared settings: flags given, else the profile's values (KL: the reference preset's)."""
+    return shared_settings(
+        base,
+        reference_preset,
+        lr=args.lr,
+        max_new_tokens=args.max_new_tokens,
+        group_size=args.group_size,
+        steps=args.steps,
+        kl_coef=args.kl_coef,
+        aggregation=args.aggregation,
+    )
+
+
+def seeds(args: argparse.Namespace) -> tuple[int, ...]:
+    if args.seeds < 1:
+        raise ValueError(f"--seeds {args.seeds}: need at least 1")
+    return tuple(range(args.seeds))

@@ -1,0 +1,200 @@
+"""analysis/: constructed run folders with known numbers -> the tidy frame, every table cell, the figures.
+
+Three seeds per arm; t_{0.975, 2} = 4.302652729749464, so a half width over 3 seeds is 4.302653 * sd / sqrt(3).
+A paired t-test over 3 seeds has df = 2, where the two-sided p-value has the closed form 1 - t / sqrt(t^2 + 2).
+"""
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from analysis.figures import curve_band
+from analysis.load import FINAL_SPLIT, load_results
+from analysis.make_tables import make_report, sweep_tables
+from analysis.stats import mean_ci, paired_diff
+from analysis.tables import to_frame, to_latex, to_markdown
+
+T2 = 4.302652729749464  # t_{0.975, df=2}
+
+# arm -> seed -> benchmark -> (pass@1, pass@4); pass@2 is halfway
+SCORES = {
+    "grpo": {
+        0: {"add": (0.40, 0.60), "mul": (0.20, 0.30)},
+        1: {"add": (0.50, 0.70), "mul": (0.20, 0.30)},
+        2: {"add": (0.60, 0.80), "mul": (0.20, 0.30)},
+    },
+    "miner": {
+        0: {"add": (0.50, 0.70), "mul": (0.20, 0.30)},
+        1: {"add": (0.60, 0.80), "mul": (0.30, 0.40)},
+        2: {"add": (0.80, 0.90), "mul": (0.40, 0.50)},
+    },
+    "miner-no_focal": {  # two seeds only: pairs with seeds 0 and 1 of the others
+        0: {"add": (0.45, 0.65), "mul": (0.25, 0.35)},
+        1: {"add": (0.55, 0.75), "mul": (0.25, 0.35)},
+    },
+}
+
+
+def write_run(sweep_dir: Path, arm: str, seed: int, finished: bool = True) -> Path:
+    run_dir = sweep_dir / f"{arm}-s{seed}-{seed:06x}"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps({"seed": seed, "meta": {"arm": arm, "run_id": run_dir.name}}))
+    slope = (seed + 1) / 1000  # reward = slope * generated tokens, so the seed mean at x is 2x/1000 (seeds 0..2)
+    with (run_dir / "metrics.jsonl").open("w") as f:
+        for step in range(1, 4):
+            tokens = step * 100 * (seed + 1)  # seeds cover [100, 300], [200, 600], [300, 900] tokens
+            row = {"step": step, "time": 0.0, "rollout/reward_mean": slope * tokens, "tokens/generated_total": tokens}
+            f.write(json.dumps(row) + "\n")
+    if not finished:
+        return run_dir
+    with (run_dir / "eval.jsonl").open("w") as f:
+        row = {
+            "step": 3,
+            "split": "dev",
+            "task": "add",
+            "metric": "avg@4",
+            "value": 0.1,
+            "n": 4,
+            "generated_tokens": 777,
+        }
+        f.write(json.dumps(row) + "\n")
+    test = {
+        benchmark: {"avg@4": p1, "pass@1": p1, "pass@2": (p1 + p4) / 2, "pass@4": p4}
+        for benchmark, (p1, p4) in SCORES[arm][seed].items()
+    }
+    summary = {"steps": 3, "best_step": 3, "generated_tokens": 999, "wall_time_s": 1.0, "test": test}
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    return run_dir
+
+
+@pytest.fixture()
+def sweep_dir(tmp_path: Path) -> Path:
+    sweep = tmp_path / "results" / "abl"
+    for arm, seeds in SCORES.items():
+        for seed in seeds:
+            write_run(sweep, arm, seed)
+    write_run(sweep, "grpo", 3, finished=False)
+    plan = {
+        "kind": "ablation",
+        "reference": "miner",
+        "baseline": "grpo",
+        "shared": {"lr": 1e-4},
+        "arms": [
+            {"arm": "miner", "changes": {}},
+            {"arm": "miner-no_focal", "changes": {"credit": "uniform"}},
+            {"arm": "grpo", "changes": {"preset": "grpo"}},
+        ],
+    }
+    (sweep / "sweep.json").write_text(json.dumps(plan))
+    return sweep
+
+
+def test_mean_ci_and_paired_diff_by_hand():
+    ci = mean_ci([40, 50, 60])  # mean 50, sd 10
+    assert ci.mean == 50 and ci.n == 3
+    assert ci.half_width == pytest.approx(T2 * 10 / math.sqrt(3), abs=1e-9)
+    assert math.isnan(mean_ci([7.0]).half_width)
+    d = paired_diff({0: 35, 1: 45, 2: 60, 9: 1}, {0: 30, 1: 35, 2: 40})  # diffs 5, 10, 20; seed 9 unpaired
+    # mean 35/3; sd^2 = (6.667^2 + 1.667^2 + 8.333^2)/2 = 58.33; t^2 = (35/3)^2 / (58.33/3) = 7
+    assert d.n == 3 and d.mean == pytest.approx(35 / 3)
+    assert d.p_value == pytest.approx(1 - math.sqrt(7) / 3, abs=1e-9)
+    assert math.isnan(paired_diff({0: 2, 1: 3}, {0: 1, 1: 2}).p_value)  # identical differences: no test
+
+
+def test_load_keeps_finished_runs_and_lists_the_rest(sweep_dir: Path):
+    results = load_results([sweep_dir.parent])
+    assert results.in_progress == ("abl/grpo-s3-000003",)
+    final = results.evals[results.evals["split"] == FINAL_SPLIT]
+    assert final["run"].nunique() == 8  # 3 + 3 + 2 finished runs
+    assert len(final) == 8 * 2 * 4  # runs x benchmarks x metrics
+    row = final[(final["arm"] == "miner") & (final["seed"] == 2) & (final["benchmark"] == "add")]
+    assert row.set_index("metric")["value"].to_dict() == pytest.approx(
+        {"avg@4": 0.8, "pass@1": 0.8, "pass@2": 0.85, "pass@4": 0.9}
+    )
+    assert set(row["step"]) == {3} and set(row["generated_tokens"]) == {777}  # tokens at the chosen step's eval
+    assert set(results.curves["arm"]) == set(SCORES)  # the unfinished run's curves are left out too
+    assert results.sweeps["abl"]["kind"] == "ablation"
+
+
+def test_main_table_cell_by_cell(sweep_dir: Path):
+    main, _ = sweep_tables(load_results([sweep_dir]), "abl", "grpo")
+    assert main.rows == ("miner", "miner-no_focal", "grpo")
+    cell = main.cells
+    # miner add Pass@1: 50, 60, 80 -> mean 63.33; sd^2 = (13.33^2 + 3.33^2 + 16.67^2)/2 = 233.3
+    c = cell[("miner", ("add", "Pass@1"))]
+    assert c.mean == pytest.approx(190 / 3) and c.half_width == pytest.approx(T2 * math.sqrt(700 / 3 / 3)) and c.bold
+    assert cell[("grpo", ("mul", "Pass@1"))].half_width == pytest.approx(0.0)  # 20, 20, 20
+    assert cell[("grpo", ("add", "Pass@4"))].mean == pytest.approx(70.0)
+    # averages per seed: grpo (40+20)/2, (50+20)/2, (60+20)/2 = 30, 35, 40; miner 35, 45, 60
+    assert cell[("grpo", ("Average", "Pass@1"))].mean == pytest.approx(35.0)
+    assert cell[("miner", ("Average", "Pass@1"))].mean == pytest.approx(140 / 3)
+    # Average Pass@4: grpo 45, 50, 55; miner 50, 60, 70 -> diffs 5, 10, 15: mean 10, sd 5, t^2 = 100/(25/3) = 12
+    d4 = cell[("miner", ("Δ vs grpo", "Pass@4"))]
+    assert d4.mean == pytest.approx(10.0) and d4.p_value == pytest.approx(1 - math.sqrt(12 / 14), abs=1e-9)
+    d1 = cell[("miner", ("Δ vs grpo", "Pass@1"))]  # diffs 5, 10, 20 -> t^2 = 7
+    assert d1.mean == pytest.approx(35 / 3) and d1.p_value == pytest.approx(1 - math.sqrt(7) / 3, abs=1e-9)
+    # no_focal pairs on seeds 0, 1: averages 35, 40 vs grpo 30, 35 -> +5, +5 (identical: p undefined)
+    dn = cell[("miner-no_focal", ("Δ vs grpo", "Pass@1"))]
+    assert (dn.mean, dn.n) == (pytest.approx(5.0), 2) and math.isnan(dn.p_value)
+    assert ("grpo", ("Δ vs grpo", "Pass@1")) not in cell
+    # rendered: bold best, dash for the baseline's own difference
+    rows = {line.split(" | ")[0].strip("| "): line for line in to_markdown(main).splitlines()}
+    assert "**63.3 ± 37.9**" in rows["miner"]  # 4.302653 * sqrt(233.33 / 3) = 37.95
+    assert "| +11.7 ± 19.0 (p=0.12) |" in rows["miner"]  # 4.302653 * sqrt(58.33 / 3) = 18.97
+    assert rows["grpo"].endswith("| – | – |")
+    latex = to_latex(main)
+    assert r"\toprule" in latex and r"\bottomrule" in latex and r"\textbf{63.3 $\pm$ 37.9}" in latex
+    assert r"miner-no\_focal" in latex and r"\multicolumn{2}{c}{add}" in latex
+    frame = to_frame(main)
+    got = frame[(frame["row"] == "miner") & (frame["group"] == "mul") & (frame["column"] == "Pass@4")]
+    assert got["mean"].item() == pytest.approx(40.0)  # 30, 40, 50
+
+
+def test_ablation_table_compares_with_the_full_method(sweep_dir: Path):
+    _, ablation = sweep_tables(load_results([sweep_dir]), "abl", "grpo")
+    assert ablation.columns[0] == ("add", "Pass@1") and ("add", "Pass@4") not in ablation.columns
+    # no_focal vs miner on seeds 0, 1: averages 35, 40 vs 35, 45 -> 0, -5
+    d = ablation.cells[("miner-no_focal", ("Δ vs miner", "Pass@1"))]
+    assert d.mean == pytest.approx(-2.5) and d.n == 2
+    assert ablation.cells[("miner-no_focal", ("", "differs from miner"))].text == "credit=uniform"
+
+
+def test_curve_bands_by_step_and_at_equal_tokens(sweep_dir: Path):
+    curves = load_results([sweep_dir]).curves
+    by_step = curve_band(curves, "grpo", "rollout/reward_mean", "step")
+    # step 1: seeds have reward slope*tokens = 0.001*100, 0.002*200, 0.003*300 = 0.1, 0.4, 0.9
+    assert by_step.loc[by_step["x"] == 1, "mean"].item() == pytest.approx(1.4 / 3)
+    by_tokens = curve_band(curves, "grpo", "rollout/reward_mean", "generated_tokens")
+    assert by_tokens["x"].min() == 300 and by_tokens["x"].max() == 300  # the only token count all seeds cover
+    miner = curve_band(curves, "miner", "rollout/reward_mean", "generated_tokens")
+    assert (miner["mean"] - miner["x"] * 2 / 1000).abs().max() < 1e-12  # mean slope (1+2+3)/3 per 1000 tokens
+
+
+def test_report_writes_tables_figures_and_index(sweep_dir: Path, tmp_path: Path):
+    out = tmp_path / "report"
+    results = make_report([sweep_dir.parent], out)
+    assert results.in_progress == ("abl/grpo-s3-000003",)
+    index = (out / "index.md").read_text()
+    for name in ("abl-main", "abl-ablation"):
+        for suffix in ("md", "tex", "csv"):
+            assert (out / "tables" / f"{name}.{suffix}").stat().st_size > 0
+    for stem in ("abl-curves-step", "abl-curves-tokens", "abl-pass-at-k", "abl-bars"):
+        assert (out / "figures" / f"{stem}.png").stat().st_size > 10_000
+        assert (out / "figures" / f"{stem}.pdf").is_file()
+        assert f"figures/{stem}.png" in index
+    assert "abl/grpo-s3-000003" in index and "**63.3 ± 37.9**" in index
+    assert len(pd.read_parquet(out / "runs.parquet")) == len(pd.read_csv(out / "runs.csv"))
+
+
+def test_runs_outside_the_sweep_plan_are_left_out(sweep_dir: Path):
+    plan = json.loads((sweep_dir / "sweep.json").read_text())
+    plan["arms"][0]["runs"] = ["miner-s0-000000"]  # an older plan's runs are not this sweep's arms
+    plan["arms"][2]["runs"] = ["grpo-s0-000000", "grpo-s3-000003"]
+    (sweep_dir / "sweep.json").write_text(json.dumps(plan))
+    results = load_results([sweep_dir])
+    assert sorted(results.evals["run"].unique()) == ["grpo-s0-000000", "miner-s0-000000"]
+    assert results.in_progress == ("abl/grpo-s3-000003",)
+    assert len(results.not_planned) == 8 - 2

@@ -1,0 +1,149 @@
+"""sweeps/: arms and shared settings as data, run ids, the written plan, skip/resume, status, the paper dry run."""
+
+import argparse
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from algorithms import ALGORITHMS
+from sweeps import ablation, compare, sensitivity
+from sweeps.jobs import record_event
+from sweeps.launch import add_launch_args, load_cluster, run_state
+from sweeps.options import add_sweep_args
+from sweeps.spec import Arm, Sweep, plan, shared_settings, sweep_runs
+from sweeps.status import format_table, sweep_status
+from training.config import config_hash, tiny
+
+
+def parse(module, argv: list[str]):
+    """The module's Sweep from a command line (the same parser its main uses)."""
+    parser = argparse.ArgumentParser()
+    module.add_args(parser)
+    add_sweep_args(parser)
+    add_launch_args(parser)
+    return module.build(parser.parse_args(argv))
+
+
+def test_leave_one_out_and_factorial_arms():
+    sweep = parse(ablation, ["--components", "focal,calib"])
+    assert [a.name for a in sweep.arms] == ["miner", "miner-no_focal", "miner-no_calib", "grpo"]
+    assert dict(sweep.arms[1].overrides) == {"credit": "uniform"} and dict(sweep.arms[2].overrides) == {
+        "calibration": False
+    }
+    factorial = parse(ablation, ["--components", "intrinsic,focal,calib", "--design", "factorial", "--seeds", "2"])
+    names = [a.name for a in factorial.arms]
+    assert len(names) == 2**3 + 1 and names[0] == "miner" and names[-2] == "miner-no_intrinsic_focal_calib"
+    assert len(sweep_runs(factorial, Path("/tmp/x"))) == 9 * 2
+
+
+@pytest.mark.parametrize(
+    "components, message",
+    [
+        ("focal,bogus", "unknown component 'bogus' in --components; choose from: intrinsic, focal, calib"),
+        ("", "--components is empty"),
+        ("focal,focal", "names a component twice"),
+    ],
+)
+def test_bad_components_are_one_line_errors(components: str, message: str, capsys: pytest.CaptureFixture):
+    assert ablation.main(["--components", components, "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_component_already_off_in_the_base(capsys: pytest.CaptureFixture):
+    assert ablation.main(["--components", "calib", "--base", "grpo", "--dry-run"]) == 2
+    assert "component 'calib' is already off in --base grpo" in capsys.readouterr().err
+
+
+def test_runs_share_settings_and_differ_only_in_their_arm(tmp_path: Path):
+    sweep = parse(ablation, ["--components", "focal,calib", "--lr", "3e-5", "--group-size", "4"])
+    runs = sweep_runs(sweep, tmp_path)
+    assert len(runs) == 4 * 3 and len({r.run_id for r in runs}) == 12
+    for run in runs:
+        digest = run.run_id.rsplit("-", 1)[1]  # {preset}-{tag}-s{seed}-{hash[:6]}, the arm being {preset}-{tag}
+        assert run.run_id == f"{run.arm}-s{run.seed}-{digest}" and len(digest) == 6
+        assert digest == config_hash(run.config)[:6]
+        assert Path(run.config.out_dir) == tmp_path.resolve() / run.run_id
+        assert (run.config.optim.lr, run.config.rollout.group_size) == (3e-5, 4)
+        # shared KL and aggregation default to the ablated method's: Miner's 0.001 and token_mean
+        assert (run.config.algorithm.kl_coef, run.config.algorithm.aggregation) == (0.001, "token_mean")
+    assert runs[0].run_id == sweep_runs(sweep, tmp_path)[0].run_id  # deterministic
+    report = plan(sweep, runs)
+    arms = {a["arm"]: a for a in report["arms"]}
+    assert arms["miner-no_focal"]["changes"] == {"algorithm.credit": "uniform"}
+    assert arms["grpo"]["changes"] == {"algorithm.intrinsic": False, "algorithm.calibration": False}
+    assert arms["miner"]["departures"] == {"algorithm.intrinsic": True, "algorithm.calibration": True}
+    assert report["shared"]["lr"] == 3e-5
+
+
+def test_shared_aggregation_only_where_a_method_has_none_of_its_own(tmp_path: Path):
+    sweep = parse(compare, ["--methods", "dapo,grpo,gspo", "--aggregation", "seq_mean_token_sum_norm", "--seeds", "1"])
+    algos = {r.arm: r.config.algorithm for r in sweep_runs(sweep, tmp_path)}
+    assert list(algos) == ["grpo", "dapo", "gspo"]  # GRPO first: the reference
+    assert algos["grpo"].aggregation == algos["gspo"].aggregation == "seq_mean_token_sum_norm"
+    assert algos["dapo"].aggregation == "token_mean"  # DAPO defines its own
+    assert {a.kl_coef for a in algos.values()} == {ALGORITHMS["grpo"].kl_coef}  # tiny profile's algorithm: GRPO
+
+
+def test_sensitivity_grid_and_reference(tmp_path: Path):
+    sweep = parse(sensitivity, ["--values", "0.001,0.0015,0.01", "--seeds", "1"])
+    assert [a.value for a in sweep.arms] == [0.001, 0.0015, 0.01]
+    assert sweep.reference == "miner-calibration_lambda0.0015"
+    lambdas = [r.config.algorithm.calibration_lambda for r in sweep_runs(sweep, tmp_path)]
+    assert lambdas == [0.001, 0.0015, 0.01]
+    with pytest.raises(ValueError, match="'credit' is not a float Algorithm field"):
+        parse(sensitivity, ["--parameter", "credit"])
+
+
+def test_paper_profile_slurm_dry_run(tmp_path: Path, capsys: pytest.CaptureFixture):
+    out = tmp_path / "compare"
+    argv = ["--profile", "paper", "--executor", "slurm", "--cluster", "paper", "--dry-run", "--out", str(out)]
+    assert compare.main([*argv, "--account", "lab", "--qos", "high"]) == 0
+    printed = capsys.readouterr().out
+    for line in (
+        "#SBATCH --array=0-29%8",  # 10 methods x 3 seeds, 8 at a time
+        "#SBATCH --gpus-per-node=8",
+        "#SBATCH --cpus-per-task=64",
+        "#SBATCH --mem=800GB",
+        "#SBATCH --time=1440",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --account=lab",
+        "#SBATCH --qos=high",
+        "#SBATCH --signal=USR2@120",
+        "#SBATCH --job-name=compare",
+    ):
+        assert line in printed
+    assert "torch.distributed.run --standalone --nproc_per_node=8 -m training.train" in printed
+    assert "| lr | 2e-06 |" in printed and "| group_size | 16 |" in printed and "| max_new_tokens | 8192 |" in printed
+    assert not out.exists()  # a dry run writes nothing
+
+
+def test_cluster_profile_and_flags():
+    assert load_cluster("paper", gpus=4, qos=None).gpus == 4
+    assert load_cluster("paper").time_min == 1440
+    with pytest.raises(ValueError, match="no such file or profile"):
+        load_cluster("nowhere")
+
+
+def test_status_and_skip_states(tmp_path: Path):
+    sweep = Sweep(
+        "s", "compare", "tiny", tiny(), shared_settings(tiny(), "grpo"), (Arm("grpo"),), (0, 1, 2, 3, 4), "grpo"
+    )
+    runs = sweep_runs(sweep, tmp_path)
+    dirs = [Path(r.config.out_dir) for r in runs]
+    for d in dirs:
+        d.mkdir()
+        (d / "config.json").write_text(json.dumps({"seed": 0, "meta": {"arm": "grpo"}}))
+    (dirs[0] / "summary.json").write_text("{}")
+    for d in dirs[:4]:
+        (d / "metrics.jsonl").write_text('{"step": 0}\n{"step": 1}\n{"step": 2, "tor')  # a torn last line
+    record_event(dirs[2], "failed", returncode=1)
+    record_event(dirs[3], "start", executor="local", job_id="1", host=socket.gethostname(), pid=os.getpid())
+    (tmp_path / "sweep.json").write_text(json.dumps(plan(sweep, runs)))
+    states = [(s.state, s.step) for s in sweep_status(tmp_path)]
+    assert states == [("done", 1), ("partial", 1), ("failed", 1), ("running", 1), ("not started", None)]
+    assert [run_state(d) for d in dirs] == ["done", "partial", "partial", "partial", "new"]
+    assert format_table(sweep_status(tmp_path)).endswith("1 done, 1 partial, 1 failed, 1 running, 1 not started")
