@@ -5,4 +5,9 @@ share everything they can. Knows no algorithm and no grader: imports torch and t
 nothing of ours.
 """
 
-__all__: list[str] = []
+from rollout.load import load_engine
+from rollout.transformers_engine import TransformersEngine
+from rollout.types import Engine, EngineKind, Rollout, SamplingParams
+from rollout.vllm_engine import VLLMEngine  # imports vllm only when an engine is built
+
+__all__ = ["Engine", "EngineKind", "Rollout", "SamplingParams", "TransformersEngine", "VLLMEngine", "load_engine"]

@@ -21,7 +21,7 @@ PUBLIC = {
         "token_logp_and_entropy",
     ],
     "evals": [],
-    "rollout": [],
+    "rollout": ["Engine", "EngineKind", "Rollout", "SamplingParams", "TransformersEngine", "VLLMEngine", "load_engine"],
     "training": [],
     "sweeps": ["Arm", "Run", "Shared", "Sweep", "TrainJob", "plan", "sweep_runs", "write_plan"],
     "analysis": [
