@@ -1,0 +1,230 @@
+"""End to end through the real loop: run files, every preset, NaN stop, exact resume after SIGKILL.
+
+The model is the tiny random model taught, in a few seconds of supervised steps, to answer ``\\boxed{d}`` with a
+random digit d in 0-3: on ``tiny_mod`` (remainders, three quarters of them 0-3) about one answer in five is
+right, so groups are mixed and every algorithm's update really runs.
+"""
+
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from algorithms import ALGORITHMS
+from evals.tasks import task_problems
+from training import runlog
+from training.checkpoint import latest_checkpoint, list_checkpoints
+from training.config import apply_overrides, tiny
+from training.tiny import random_tiny_model
+from training.train import train
+
+REPO = Path(__file__).resolve().parents[1]
+DESIGN_KEYS = [
+    "rollout/reward_mean",
+    "rollout/acc_mean",
+    "rollout/frac_mixed",
+    "rollout/frac_all_correct",
+    "rollout/frac_all_wrong",
+    "rollout/response_len_mean",
+    "rollout/response_len_max",
+    "rollout/truncated_frac",
+    "policy/loss",
+    "policy/entropy",
+    "policy/approx_kl",
+    "policy/kl_ref",
+    "policy/clip_frac_low",
+    "policy/clip_frac_high",
+    "optim/grad_norm",
+    "optim/lr",
+    "tokens/generated",
+    "tokens/generated_total",
+    "tokens/discarded",
+    "tokens/discarded_total",
+    "time/rollout",
+    "time/grade",
+    "time/step",
+    "perf/tokens_per_s",
+]
+
+
+def boxed_digit_model(out_dir: Path, steps: int = 40) -> Path:
+    """The random tiny model after ``steps`` supervised steps on ``{problem}\\n`` -> ``\\boxed{d}<eos>``, d in 0-3."""
+    torch.manual_seed(0)
+    model_dir = random_tiny_model(out_dir, seed=0)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    problems, rng = task_problems("tiny_mod", "train"), random.Random(0)
+    for _ in range(steps):
+        rows = [
+            (tokenizer(p.problem + "\n")["input_ids"], tokenizer(f"\\boxed{{{rng.randint(0, 3)}}}")["input_ids"] + [1])
+            for p in rng.sample(problems, 32)
+        ]
+        width = max(len(a) + len(b) for a, b in rows)
+        ids, labels = torch.zeros(32, width, dtype=torch.long), torch.full((32, width), -100)
+        attention = torch.zeros(32, width, dtype=torch.long)
+        for i, (prompt, target) in enumerate(rows):
+            ids[i, : len(prompt) + len(target)] = torch.tensor(prompt + target)
+            attention[i, : len(prompt) + len(target)] = 1
+            labels[i, len(prompt) : len(prompt) + len(target)] = torch.tensor(target)
+        model(input_ids=ids, attention_mask=attention, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.save_pretrained(model_dir)
+    return model_dir
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.set_num_threads(1)
+    return boxed_digit_model(tmp_path_factory.mktemp("boxed_digit"))
+
+
+def small_args(model_dir: Path, out_dir: Path, steps: int = 3) -> list[str]:
+    settings = {
+        "model.path": model_dir, "out_dir": out_dir, "steps": steps, "data.train": "tiny_mod",
+        "eval.dev": "tiny_mod", "eval.test": "tiny_mod", "eval.every": 2, "eval.n": 2, "eval.max_problems": 4,
+        "eval.max_new_tokens": 12, "rollout.prompts_per_step": 4, "rollout.group_size": 4,
+        "rollout.max_new_tokens": 12, "rollout.max_extra_rounds": 1, "optim.lr": 3e-3, "optim.micro_batch_size": 8,
+        "logging.samples_every": 1, "logging.checkpoint_every": 1, "logging.progress_bar": False,
+    }  # fmt: skip
+    return [f"--{key}={value}" for key, value in settings.items()]
+
+
+def cli_env() -> dict[str, str]:
+    """The environment of a CLI run: this checkout importable from any working directory."""
+    return os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(REPO)]))}
+
+
+def run_cli(args: list[str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "training.train", *args]
+    return subprocess.run(command, cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_three_steps_through_the_cli_write_every_run_file(model_dir: Path, tmp_path: Path):
+    out = run_cli(small_args(model_dir, tmp_path / "run"), tmp_path)
+    assert out.returncode == 0, out.stderr
+    run = tmp_path / "run"
+    config = json.loads((run / "config.json").read_text())
+    assert set(config["meta"]) >= {"git_sha", "git_dirty", "versions", "run_id", "arm"}
+    assert config["steps"] == 3 and config["meta"]["versions"]["torch"] == torch.__version__
+
+    metrics = runlog.read_jsonl(run / "metrics.jsonl")
+    assert [row["step"] for row in metrics] == [1, 2, 3]
+    for row in metrics:
+        assert set(row) >= {"step", "time", *DESIGN_KEYS}
+        assert 0.0 <= row["rollout/acc_mean"] <= 1.0
+        assert row["tokens/generated"] >= 4 * 4  # P*G responses of at least one token
+    totals = [row["tokens/generated_total"] for row in metrics]
+    assert totals == [sum(row["tokens/generated"] for row in metrics[: i + 1]) for i in range(3)]
+    assert any(row["policy/loss"] is not None for row in metrics)  # some groups were mixed and trained on
+
+    samples = runlog.read_jsonl(run / "samples.jsonl")
+    assert {row["step"] for row in samples} == {1, 2, 3}
+    for row in samples:
+        assert set(row) >= {"step", "prompt_id", "prompt", "completion", "reward", "adv", "length", "truncated"}
+
+    evals = runlog.read_jsonl(run / "eval.jsonl")
+    assert {(row["split"], row["step"]) for row in evals} >= {("dev", 0), ("dev", 2), ("dev", 3)}
+    for row in evals:
+        assert set(row) == {"step", "split", "task", "metric", "value", "n", "generated_tokens"}
+    summary = json.loads((run / "summary.json").read_text())
+    assert set(summary) == {"steps", "best_step", "generated_tokens", "wall_time_s", "test"}
+    assert summary["steps"] == 3 and summary["generated_tokens"] == totals[-1]
+    assert summary["best_step"] in (0, 2, 3)
+    test_rows = [row for row in evals if row["split"] == "test"]
+    assert test_rows and all(row["step"] == summary["best_step"] for row in test_rows)
+    assert summary["test"]["tiny_mod"] == {row["metric"]: row["value"] for row in test_rows}
+
+    best = (run / "checkpoints" / "best").resolve()
+    assert best.name == f"step_{summary['best_step']:08d}"
+    model = AutoModelForCausalLM.from_pretrained(latest_checkpoint(run))  # loadable as a plain HF model
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    # running again is a no-op: the run is finished
+    again = run_cli(small_args(model_dir, tmp_path / "run"), tmp_path)
+    assert again.returncode == 0 and runlog.read_jsonl(run / "metrics.jsonl") == metrics
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", sorted(ALGORITHMS))
+def test_every_preset_runs_two_steps(model_dir: Path, tmp_path: Path, preset: str):
+    args = [*small_args(model_dir, tmp_path / preset, steps=2), f"--algorithm={preset}", "--eval.every=0"]
+    run = train(apply_overrides(tiny(), args))
+    metrics = runlog.read_jsonl(run / "metrics.jsonl")
+    assert [row["step"] for row in metrics] == [1, 2]
+    trained = [row for row in metrics if row["policy/loss"] is not None]
+    assert trained, f"{preset}: no step had a group to train on"
+    for row in trained:
+        assert math.isfinite(row["policy/loss"]) and math.isfinite(row["optim/grad_norm"])
+        assert (row["policy/kl_ref"] is not None) == (ALGORITHMS[preset].kl_coef > 0)
+    assert json.loads((run / "summary.json").read_text())["steps"] == 2
+
+
+@pytest.mark.slow
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(model_dir: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    out = run_cli(
+        [*small_args(model_dir, run, steps=4), "--fault_nan_at_step=2", "--algorithm=entropy_bonus"], tmp_path
+    )
+    assert out.returncode == 1
+    message = out.stderr.strip().splitlines()[-1]
+    assert "step 2" in message and "not finite" in message and "step_00000001" in message
+    assert not (run / "summary.json").exists()
+    assert [row["step"] for row in runlog.read_jsonl(run / "metrics.jsonl")] == [1]
+    assert latest_checkpoint(run).name == "step_00000001"
+    model = AutoModelForCausalLM.from_pretrained(latest_checkpoint(run))
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def _comparable(rows: list[dict]) -> list[dict]:
+    """Rows without wall-clock fields (time, time/*, perf/*)."""
+    return [{k: v for k, v in row.items() if k != "time" and not k.startswith(("time/", "perf/"))} for row in rows]
+
+
+@pytest.mark.slow
+def test_exact_resume_after_sigkill(model_dir: Path, tmp_path: Path):
+    steps = 6
+    # the entropy bonus moves the weights on every step, whatever the rewards; checkpoints kept: only the last 2
+    extra = ["--algorithm=entropy_bonus", "--algorithm.entropy_coef=0.1", "--logging.keep_last=2"]
+    reference = run_cli(small_args(model_dir, tmp_path / "reference", steps) + extra, tmp_path)
+    assert reference.returncode == 0, reference.stderr
+
+    run = tmp_path / "killed"
+    kill_after = random.randint(1, steps - 2)  # metrics lines to wait for; the kill lands in the next steps
+    process = subprocess.Popen(
+        [sys.executable, "-m", "training.train", *small_args(model_dir, run, steps), *extra],
+        cwd=tmp_path, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while len(runlog.read_jsonl(run / "metrics.jsonl")) < kill_after and process.poll() is None:
+        assert time.monotonic() < deadline, "the run did not reach the kill point"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (run / "summary.json").exists(), f"the run finished before the kill (kill_after={kill_after})"
+    resumed_from = latest_checkpoint(run)
+    assert resumed_from is not None
+
+    resumed = run_cli(small_args(model_dir, run, steps) + extra, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    ref_dir, run_dir = list_checkpoints(tmp_path / "reference")[-1], list_checkpoints(run)[-1]
+    assert ref_dir.name == run_dir.name == f"step_{steps:08d}"
+    ref_model = AutoModelForCausalLM.from_pretrained(ref_dir)
+    for name, value in AutoModelForCausalLM.from_pretrained(run_dir).state_dict().items():
+        assert torch.equal(value, ref_model.state_dict()[name]), f"{name} differs (killed after {kill_after})"
+    for name in ("metrics.jsonl", "eval.jsonl", "samples.jsonl"):
+        want = _comparable(runlog.read_jsonl(tmp_path / "reference" / name))
+        assert _comparable(runlog.read_jsonl(run / name)) == want, f"{name} differs (killed after {kill_after})"
+    ref_summary, summary = (json.loads((d / "summary.json").read_text()) for d in (tmp_path / "reference", run))
+    assert ref_summary.pop("wall_time_s") > 0 and summary.pop("wall_time_s") > 0
+    assert summary == ref_summary

@@ -1,0 +1,125 @@
+"""One step's rollouts: generate, grade, shape rewards, filter groups, refill (dynamic sampling), count the cost.
+
+Every round draws the next P prompts of the data stream; rank r generates its P / world_size of them, grades
+them with the evaluation grader, and the rounds' rows are all-gathered so every rank holds the same batch. With a
+group filter on (DAPO's dynamic sampling) rounds repeat until P informative groups are collected or
+``rollout.max_extra_rounds`` extra rounds are spent. Everything generated and not trained on is counted as
+discarded: filtered groups, groups beyond P, and groups trimmed so the batch splits evenly over mini-batches and
+ranks.
+"""
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from algorithms import group_filter, shape_rewards
+from evals import Problem, grade_many
+from rollout import SamplingParams
+from rollout.types import Engine
+from training.batch import StepBatch, concat, data_indices, derive_seed
+from training.config import RunConfig
+from training.distributed import DistInfo, all_gather_objects
+
+
+@dataclass(frozen=True)
+class Collected:
+    batch: StepBatch | None  # the rows to train on; None when no group survived
+    data_position: int
+    generated_tokens: int  # every token generated this step, on all ranks, discarded ones included
+    discarded_tokens: int
+    metrics: dict[str, float]  # rollout/* over every generation of the step (all rounds, all ranks)
+    time_rollout: float
+    time_grade: float
+
+
+def collect(
+    engine: Engine,
+    problems: list[Problem],
+    prompts: list[str],
+    config: RunConfig,
+    step: int,
+    data_position: int,
+    info: DistInfo,
+    pad_id: int,
+) -> Collected:
+    """Generate until ``prompts_per_step`` groups pass the algorithm's group filter (or the round cap is hit)."""
+    P, G = config.rollout.prompts_per_step, config.rollout.group_size
+    if P % info.world_size:
+        raise ValueError(f"rollout.prompts_per_step={P} must be divisible by the {info.world_size} ranks")
+    share = P // info.world_size
+    rounds, kept, kept_groups = [], [], 0
+    time_rollout = time_grade = 0.0
+    for round_index in range(1 + config.rollout.max_extra_rounds):
+        indices = data_indices(config.seed, data_position, P, len(problems))
+        data_position += P
+        mine = indices[info.rank * share : (info.rank + 1) * share]
+        params = SamplingParams(
+            n=G,
+            temperature=config.rollout.temperature,
+            top_p=config.rollout.top_p,
+            max_new_tokens=config.rollout.max_new_tokens,
+            seed=derive_seed(config.seed, step, round_index, info.rank),
+        )
+        start = time.perf_counter()
+        out = engine.generate([prompts[i] for i in mine], params)
+        time_rollout += time.perf_counter() - start
+        start = time.perf_counter()
+        problem_B = [i for i in mine for _ in range(G)]
+        grades = grade_many(
+            [(text, problems[i].answer) for text, i in zip(out.texts, problem_B, strict=True)],
+            workers=config.rollout.grade_workers,
+            timeout_s=config.rollout.grade_timeout_s,
+        )
+        correct_B = torch.tensor([g.correct for g in grades], dtype=torch.bool)
+        rewards_B = shape_rewards(config.algorithm, correct_B, out.lengths_B, config.rollout.max_new_tokens)
+        time_grade += time.perf_counter() - start
+        part = StepBatch(
+            problem_B=problem_B,
+            prompt_ids_B=[ids for ids in out.prompt_ids for _ in range(G)],
+            tokens_BT=out.tokens_BT,
+            mask_BT=out.mask_BT,
+            lengths_B=out.lengths_B,
+            truncated_B=out.truncated_B,
+            correct_B=correct_B,
+            rewards_B=rewards_B,
+            texts=out.texts,
+        )
+        batch = concat(all_gather_objects(part, info), pad_id)
+        rounds.append(batch)
+        keep_P = group_filter(config.algorithm, batch.rewards_B, G)
+        rows = [p * G + g for p in keep_P.nonzero().flatten().tolist() for g in range(G)]
+        if rows:
+            kept.append(batch.select(rows))
+            kept_groups += len(rows) // G
+        if kept_groups >= P:
+            break
+    generated = sum(b.num_tokens for b in rounds)
+    # the batch must split evenly into mini-batches and, within each, over the ranks
+    groups = min(kept_groups, P)
+    while groups and (groups * G) % (config.optim.mini_batches * info.world_size):
+        groups -= 1
+    train_batch = concat(kept, pad_id).select(list(range(groups * G))) if groups else None
+    trained = train_batch.num_tokens if train_batch is not None else 0
+    metrics = rollout_metrics(concat(rounds, pad_id), G) | {
+        "rollout/rounds": float(len(rounds)),
+        "rollout/groups_kept": float(groups),
+    }
+    return Collected(train_batch, data_position, generated, generated - trained, metrics, time_rollout, time_grade)
+
+
+def rollout_metrics(batch: StepBatch, group_size: int) -> dict[str, float]:
+    """rollout/* over the given rows. Group kinds are by correctness: mixed, all correct, all wrong."""
+    correct_PG = batch.correct_B.view(-1, group_size)
+    num_correct_P = correct_PG.sum(-1)
+    lengths_B = batch.lengths_B.float()
+    return {
+        "rollout/reward_mean": batch.rewards_B.mean().item(),
+        "rollout/acc_mean": batch.correct_B.float().mean().item(),
+        "rollout/frac_mixed": ((num_correct_P > 0) & (num_correct_P < group_size)).float().mean().item(),
+        "rollout/frac_all_correct": (num_correct_P == group_size).float().mean().item(),
+        "rollout/frac_all_wrong": (num_correct_P == 0).float().mean().item(),
+        "rollout/response_len_mean": lengths_B.mean().item(),
+        "rollout/response_len_max": lengths_B.max().item(),
+        "rollout/truncated_frac": batch.truncated_B.float().mean().item(),
+    }

@@ -1,0 +1,198 @@
+"""Distributed training under torchrun: process group, FSDP2 / DDP wrapping, collectives, full and sharded state.
+
+One process per device; gloo on CPU, NCCL on GPU. Every rank holds the whole step batch after an all-gather of
+the rollouts, so advantages and normalisers are identical everywhere without further communication; each rank
+then trains on its shard of every mini-batch. Gradients are summed over ranks: each rank scales its loss by the
+world size because DDP and FSDP2 average (``loss_scale``). Without torchrun everything here is a no-op.
+"""
+
+import contextlib
+import datetime
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, assert_never
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
+from torch.nn.parallel import DistributedDataParallel
+
+from training.config import DType, Strategy
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> DistInfo:
+    """Join the torchrun process group when launched by torchrun (``WORLD_SIZE`` > 1); else a single process."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        # long: ranks 1.. wait at a barrier while rank 0 runs a validation (minutes to hours at paper scale)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=4))
+    rank = dist.get_rank() if world_size > 1 else 0
+    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+def shutdown(info: DistInfo) -> None:
+    if info.world_size > 1 and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(info: DistInfo) -> None:
+    if info.world_size > 1:
+        dist.barrier()
+
+
+def wrap_model(model: nn.Module, strategy: Strategy, info: DistInfo, compute_dtype: DType) -> nn.Module:
+    """Shard or replicate ``model`` over the ranks; a single process gets the model back unchanged.
+
+    FSDP2: ``fully_shard`` on every decoder layer (the classes the HF model names in ``_no_split_modules``), then
+    on the root, so one layer's parameters are gathered at a time; parameters stay float32 (the master copy) and
+    are cast to ``compute_dtype`` for compute, gradients reduced in float32."""
+    if info.world_size == 1:
+        return model
+    match strategy:
+        case "ddp":
+            device_ids = [info.local_rank] if info.device.type == "cuda" else None
+            return DistributedDataParallel(model, device_ids=device_ids)
+        case "fsdp2":
+            policy = MixedPrecisionPolicy(param_dtype=getattr(torch, compute_dtype), reduce_dtype=torch.float32)
+            layer_classes = set(getattr(model, "_no_split_modules", None) or [])
+            layers = [m for m in model.modules() if type(m).__name__ in layer_classes]
+            if not layers:
+                raise ValueError(f"dist.strategy='fsdp2': {type(model).__name__} names no decoder layer classes")
+            for layer in layers:
+                fully_shard(layer, mp_policy=policy)
+            # The root must reshard after forward too: by default it stays gathered until its backward, and after
+            # a no-grad forward (old log-probs) there is none, so it would keep serving its pre-update weights.
+            fully_shard(model, mp_policy=policy, reshard_after_forward=True)
+            return model
+        case _:
+            assert_never(strategy)
+
+
+def wrap_frozen(model: nn.Module, strategy: Strategy, info: DistInfo, compute_dtype: DType) -> nn.Module:
+    """A model that is only run forward (the reference policy): sharded under FSDP2, whole under DDP."""
+    match strategy:
+        case "fsdp2":
+            return wrap_model(model, strategy, info, compute_dtype)
+        case "ddp":
+            return model
+        case _:
+            assert_never(strategy)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module itself (a DDP wrapper's ``.module``; an FSDP2 module is its own unwrapped self)."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def is_sharded(model: nn.Module) -> bool:
+    return isinstance(model, FSDPModule)
+
+
+def loss_scale(info: DistInfo) -> float:
+    """DDP and FSDP2 average gradients over ranks; our micro-batch losses are shares of a sum, so undo the mean."""
+    return float(info.world_size)
+
+
+@contextlib.contextmanager
+def gradient_sync(model: nn.Module, enabled: bool) -> Iterator[None]:
+    """Reduce gradients in this backward only when ``enabled`` (the last micro-batch of an optimiser step)."""
+    if isinstance(model, DistributedDataParallel) and not enabled:
+        with model.no_sync():
+            yield
+    elif isinstance(model, FSDPModule):
+        model.set_requires_gradient_sync(enabled)
+        yield
+    else:
+        yield
+
+
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer as a full tensor (all ranks must call this; each gets the whole dict)."""
+    if isinstance(model, FSDPModule):
+        model.reshard()  # parameters registered on the module are the sharded ones again
+    out = {}
+    for name, value in unwrap(model).state_dict().items():
+        out[name] = value.full_tensor() if isinstance(value, DTensor) else value
+    return out
+
+
+def grad_norm_and_clip(model: nn.Module, max_norm: float) -> torch.Tensor:
+    """The global L2 norm of all gradients (over ranks); gradients scaled down to ``max_norm`` when it is > 0."""
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm if max_norm > 0 else float("inf"))
+    return norm.full_tensor() if isinstance(norm, DTensor) else norm
+
+
+def all_gather_objects(obj: Any, info: DistInfo) -> list[Any]:
+    """Every rank's ``obj``, in rank order (a list of one without torchrun)."""
+    if info.world_size == 1:
+        return [obj]
+    out: list[Any] = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def all_reduce_sum(values: dict[str, float], info: DistInfo) -> dict[str, float]:
+    """Sum each value over the ranks (same keys on every rank)."""
+    if info.world_size == 1 or not values:
+        return values
+    keys = sorted(values)
+    device = info.device if info.device.type == "cuda" else torch.device("cpu")
+    packed = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(packed)
+    return dict(zip(keys, packed.tolist(), strict=True))
+
+
+def broadcast_object(obj: Any, info: DistInfo) -> Any:
+    """Rank 0's ``obj`` on every rank."""
+    if info.world_size == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def optimizer_state_to_local(state: dict[str, Any]) -> dict[str, Any]:
+    """An optimiser ``state_dict`` with FSDP2's DTensor shards replaced by this rank's local tensors (to save)."""
+    return {
+        "param_groups": state["param_groups"],
+        "state": {
+            index: {k: v.to_local().clone() if isinstance(v, DTensor) else v for k, v in param_state.items()}
+            for index, param_state in state["state"].items()
+        },
+    }
+
+
+def optimizer_state_from_local(state: dict[str, Any], optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The inverse of ``optimizer_state_to_local``: local shards re-wrapped like the parameters they belong to."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    out = {}
+    for index, param_state in state["state"].items():
+        param = params[int(index)]
+        out[index] = {
+            k: DTensor.from_local(
+                v, param.device_mesh, param.placements, run_check=False, shape=param.shape, stride=param.stride()
+            )
+            if isinstance(param, DTensor) and isinstance(v, torch.Tensor) and v.dim() > 0
+            else v
+            for k, v in param_state.items()
+        }
+    return {"param_groups": state["param_groups"], "state": out}

@@ -1,0 +1,374 @@
+"""The one RL training loop: ``python -m training.train --config run.json [--a.b=value ...] [--resume auto|never]``.
+
+Per step: sample P prompts -> the engine generates G completions each -> grade with the evaluation grader ->
+shape rewards -> group filter (refill while too few groups) -> old log-probs at the rollout temperature ->
+reference log-probs (when kl_coef > 0) -> advantages over the whole batch -> epochs x mini-batches x micro-batches
+of AdamW. Validation every ``eval.every`` steps; after the last step the best-on-dev checkpoint is evaluated on the
+test benchmarks and ``summary.json`` is written last. Nothing here branches on an algorithm's name.
+
+One run is complete on its own: ``config.json`` before step 0, then ``metrics.jsonl``, ``samples.jsonl``,
+``eval.jsonl``, ``checkpoints/`` and finally ``summary.json`` (docs/DESIGN.md). Exit status 2 is a bad config,
+1 a diverged run (the last good checkpoint is kept).
+"""
+
+import argparse
+import dataclasses
+import json
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as hf_logging
+
+from algorithms import advantages_with_metrics
+from evals import load_benchmark, render_prompt, resolve_benchmarks
+from rollout import Engine, TransformersEngine, load_engine
+from training import runlog
+from training.checkpoint import (
+    TrainerState,
+    best_checkpoint,
+    latest_checkpoint,
+    restore_training_state,
+    save_checkpoint,
+)
+from training.collect import collect
+from training.config import PROFILES, RunConfig, apply_overrides, from_dict, to_dict
+from training.distributed import (
+    DistInfo,
+    barrier,
+    broadcast_object,
+    full_state_dict,
+    init_distributed,
+    is_sharded,
+    shutdown,
+    unwrap,
+    wrap_frozen,
+    wrap_model,
+)
+from training.evaluation import evaluate_rows, run_meta, select_score
+from training.update import TrainingDiverged, batch_logps, lr_factor, update_policy
+
+
+class ConfigError(ValueError):
+    """The run folder does not fit the config (a different config, or checkpoints with --resume never)."""
+
+
+POLICY_KEYS = ("policy/loss", "policy/entropy", "policy/approx_kl", "policy/kl_ref")
+POLICY_KEYS += ("policy/clip_frac_low", "policy/clip_frac_high", "optim/grad_norm")
+
+
+def train(config: RunConfig, resume: str = "auto", meta: dict[str, Any] | None = None) -> Path:
+    """Run (or continue) the training run ``config`` describes; returns its run folder."""
+    info = init_distributed()
+    try:
+        return _train(config, resume, meta or {}, info)
+    finally:
+        shutdown(info)
+
+
+def _train(config: RunConfig, resume: str, meta: dict[str, Any], info: DistInfo) -> Path:
+    start_time = time.perf_counter()
+    hf_logging.disable_progress_bar()
+    if config.cpu_threads is not None:
+        torch.set_num_threads(config.cpu_threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    run_dir = Path(config.out_dir or Path("results") / "local" / config.run_id)
+    if (run_dir / runlog.SUMMARY).exists():
+        print(f"{run_dir} is finished (summary.json exists); nothing to do", file=sys.stderr)
+        return run_dir
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is not None and resume == "never":
+        raise ConfigError(f"--resume never: {run_dir} already has checkpoints; use --resume auto or a new out_dir")
+    checkpoint = checkpoint if resume == "auto" else None
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_config(run_dir, config, meta, resuming=checkpoint is not None)
+    barrier(info)
+
+    # --- model, optimiser, reference, engine -------------------------------------------------------------------
+    if config.model.path is not None:
+        model_dir = Path(config.model.path)
+    else:  # the embedded default, built on first use and cached
+        from training.tiny import ensure_tiny_model
+
+        model_dir = ensure_tiny_model()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    policy = _load_model(checkpoint or model_dir, info)
+    if config.model.gradient_checkpointing:
+        policy.gradient_checkpointing_enable()
+    trainer = wrap_model(policy, config.dist.strategy, info, config.model.compute_dtype)
+    optim = config.optim
+    optimizer = torch.optim.AdamW(
+        trainer.parameters(), lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps,
+        weight_decay=optim.weight_decay,
+    )  # fmt: skip
+    total_updates = config.steps * optim.epochs * optim.mini_batches
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, optim.warmup_steps, total_updates, optim.schedule, optim.min_lr_ratio)
+    )
+    random.seed(config.seed)
+    np.random.seed(config.seed % 2**32)
+    torch.manual_seed(config.seed + info.rank)
+    if checkpoint is not None:
+        state = restore_training_state(checkpoint, optimizer, scheduler, info)
+    else:
+        state = TrainerState(0, 0, 0, 0, None, None, 0.0, info.world_size)
+    reference = None
+    if config.algorithm.kl_coef > 0:  # a frozen copy of the initial model (never the checkpoint's weights)
+        reference = _load_model(model_dir, info).eval().requires_grad_(False)
+        reference = wrap_frozen(reference, config.dist.strategy, info, config.model.compute_dtype)
+    # An FSDP2 module cannot generate (ranks would run different numbers of forward passes, each a collective),
+    # so the transformers engine samples from an unsharded copy refreshed after every update; DDP's module is
+    # already whole. vLLM holds its own copy and gathers the shards itself in sync_weights.
+    generator_model = unwrap(trainer)
+    if is_sharded(trainer) and config.rollout.engine == "transformers":
+        generator_model = _load_model(checkpoint or model_dir, info)
+    engine = _make_engine(config, checkpoint or model_dir, generator_model, tokenizer, info)
+
+    # --- data -----------------------------------------------------------------------------------------------
+    template = config.model.prompt_template
+    problems = [
+        problem
+        for name in resolve_benchmarks(config.data.train)
+        for problem in load_benchmark(name, data_dir=config.data.data_dir, split=config.data.split)
+    ]
+    prompts = [render_prompt(template, problem.problem, tokenizer) for problem in problems]
+
+    log = runlog.RunLog(
+        run_dir, info.is_main, config.steps, state.step, config.logging.progress_bar,
+        tensorboard=config.logging.tensorboard, wandb_project=config.logging.wandb_project if config.logging.wandb
+        else None, run_name=config.run_id, config=to_dict(config),
+    )  # fmt: skip
+    if info.is_main:
+        if checkpoint is not None:
+            runlog.cut_back(run_dir, state.step)
+            log.write(f"resumed from {checkpoint}")
+        else:  # a fresh start: nothing before step 0 counts
+            for name in (runlog.METRICS, runlog.EVAL, runlog.SAMPLES):
+                runlog.cut_jsonl(run_dir / name, lambda row: False)
+    barrier(info)
+
+    def checkpoint_now(state: TrainerState) -> None:
+        full_state = full_state_dict(trainer) if is_sharded(trainer) else None
+        save_checkpoint(
+            run_dir, state, unwrap(trainer), full_state, tokenizer, optimizer, scheduler, info, config.logging.keep_last
+        )
+
+    def validate(state: TrainerState) -> TrainerState:
+        if not config.eval.every:
+            return state
+        rows = evaluate_rows(engine, config, "dev", state.step, run_dir, template, info) if info.is_main else []
+        log.eval_rows(rows)
+        score = broadcast_object(select_score(rows, config.eval) if info.is_main else None, info)
+        log.write(f"step {state.step}: dev {config.eval.select_metric} = {score:.4f}")
+        if state.best_value is None or score > state.best_value:
+            state = dataclasses.replace(state, best_step=state.step, best_value=score)
+        return state
+
+    if checkpoint is None:
+        state = validate(state)
+        checkpoint_now(state)
+
+    # --- the loop -------------------------------------------------------------------------------------------
+    wall_time = state.wall_time_s  # of earlier attempts, up to the checkpoint; this attempt's setup counts too
+    for step in range(state.step + 1, config.steps + 1):
+        step_start = time.perf_counter()
+        collected = collect(engine, problems, prompts, config, step, state.data_position, info, pad_id)
+        batch = collected.batch
+        row: dict[str, Any] = {"step": step, "time": time.time()} | collected.metrics | dict.fromkeys(POLICY_KEYS)
+        times = {"time/rollout": collected.time_rollout, "time/grade": collected.time_grade}
+        adv_BT = None
+        if batch is not None:
+            start = time.perf_counter()
+            logp_model = unwrap(trainer) if not is_sharded(trainer) else trainer
+            old_logp_BT, old_entropy_BT = batch_logps(logp_model, batch, config, info, pad_id)
+            ref_logp_BT = batch_logps(reference, batch, config, info, pad_id)[0] if reference is not None else None
+            advantages = advantages_with_metrics(
+                config.algorithm, batch.rewards_B, old_logp_BT, batch.mask_BT, config.rollout.group_size,
+                old_entropy_BT=old_entropy_BT,
+            )  # fmt: skip
+            adv_BT = advantages.adv_BT
+            row |= {f"algo/{key}": value.item() for key, value in advantages.metrics.items()}
+            times["time/logp"] = time.perf_counter() - start
+            start = time.perf_counter()
+            try:
+                row |= update_policy(
+                    trainer, optimizer, scheduler, batch, old_logp_BT, ref_logp_BT, adv_BT, config, info, step, pad_id
+                )
+            except TrainingDiverged as error:
+                last = latest_checkpoint(run_dir)
+                raise TrainingDiverged(f"{error}. The last good checkpoint is intact: {last}") from None
+            if generator_model is not unwrap(trainer):
+                generator_model.load_state_dict(full_state_dict(trainer))
+            engine.sync_weights(generator_model)
+            times["time/update"] = time.perf_counter() - start
+        row.setdefault("optim/lr", scheduler.get_last_lr()[0])
+        state = dataclasses.replace(
+            state,
+            step=step,
+            data_position=collected.data_position,
+            generated_tokens_total=state.generated_tokens_total + collected.generated_tokens,
+            discarded_tokens_total=state.discarded_tokens_total + collected.discarded_tokens,
+        )
+        times["time/step"] = time.perf_counter() - step_start
+        row |= {
+            "tokens/generated": collected.generated_tokens,
+            "tokens/generated_total": state.generated_tokens_total,
+            "tokens/discarded": collected.discarded_tokens,
+            "tokens/discarded_total": state.discarded_tokens_total,
+        }
+        row |= times | {"perf/tokens_per_s": collected.generated_tokens / times["time/step"]}
+        log.metrics(row)
+        if batch is not None and config.logging.samples_every and step % config.logging.samples_every == 0:
+            log.samples(_sample_rows(step, batch, adv_BT, problems, prompts))
+        validating = bool(config.eval.every) and (step % config.eval.every == 0 or step == config.steps)
+        if validating:
+            state = validate(state)
+        if validating or step == config.steps or step % max(config.logging.checkpoint_every, 1) == 0:
+            state = dataclasses.replace(state, wall_time_s=wall_time + time.perf_counter() - start_time)
+            checkpoint_now(state)
+
+    # --- the final evaluation of the best-on-dev checkpoint, then summary.json (last) ----------------------------
+    best_step = state.best_step if state.best_step is not None else state.step
+    test_rows = []
+    if info.is_main:
+        test_engine = engine
+        if best_step != state.step:
+            best = _load_model(best_checkpoint(run_dir), info)
+            test_engine = TransformersEngine(best, tokenizer) if config.rollout.engine == "transformers" else engine
+            if test_engine is engine:
+                engine.sync_weights(best)
+        test_rows = evaluate_rows(test_engine, config, "test", best_step, run_dir, template, info)
+        log.eval_rows(test_rows)
+        test: dict[str, dict[str, float]] = {}
+        for r in test_rows:
+            test.setdefault(r["task"], {})[r["metric"]] = r["value"]
+        summary = {
+            "steps": state.step,
+            "best_step": best_step,
+            "generated_tokens": state.generated_tokens_total,
+            "wall_time_s": wall_time + time.perf_counter() - start_time,
+            "test": test,
+        }
+        runlog.write_json(run_dir / runlog.SUMMARY, summary)
+    log.close()
+    barrier(info)
+    return run_dir
+
+
+def _load_model(path: Path, info: DistInfo) -> torch.nn.Module:
+    """A float32 copy of the HF model at ``path`` on this rank's device (parameters are the master weights)."""
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return model.to(info.device)
+
+
+def _make_engine(config: RunConfig, model_dir: Path, model: torch.nn.Module, tokenizer: Any, info: DistInfo) -> Engine:
+    if config.rollout.engine == "transformers":
+        return TransformersEngine(model, tokenizer)
+    engine = load_engine(
+        config.rollout.engine,
+        model_dir,
+        device=str(info.device),
+        dtype=config.model.compute_dtype,
+        max_model_len=config.rollout.vllm_max_model_len,
+        gpu_memory_utilization=config.rollout.vllm_gpu_memory_utilization,
+        seed=config.seed,
+    )
+    engine.sync_weights(model)
+    return engine
+
+
+def _sample_rows(
+    step: int, batch: Any, adv_BT: torch.Tensor, problems: list[Any], prompts: list[str]
+) -> list[dict[str, Any]]:
+    """samples.jsonl rows; ``adv`` is the row's mean advantage over its response tokens."""
+    adv_B = (adv_BT * batch.mask_BT).sum(-1) / batch.mask_BT.sum(-1).clamp(min=1)
+    return [
+        {
+            "step": step,
+            "prompt_id": problems[p].id,
+            "prompt": prompts[p],
+            "completion": batch.texts[b],
+            "reward": batch.rewards_B[b].item(),
+            "correct": bool(batch.correct_B[b]),
+            "adv": adv_B[b].item(),
+            "length": int(batch.lengths_B[b]),
+            "truncated": bool(batch.truncated_B[b]),
+        }
+        for b, p in enumerate(batch.problem_B)
+    ]
+
+
+def _write_config(run_dir: Path, config: RunConfig, meta: dict[str, Any], resuming: bool) -> None:
+    """config.json: the resolved config + meta. A resumed run must have the config it was started with."""
+    path = run_dir / runlog.CONFIG
+    data = to_dict(config)
+    if resuming and path.exists():
+        stored = json.loads(path.read_text())
+        stored.pop("meta", None)
+        changed = sorted(k for k in set(stored) | set(data) if stored.get(k) != data.get(k))
+        if changed:
+            raise ConfigError(
+                f"cannot resume {run_dir}: the config differs from its config.json in {', '.join(changed)}"
+            )
+    runlog.write_json(path, data | {"meta": run_meta(config, meta)})
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[RunConfig, str, dict[str, Any]]:
+    """(config, resume, meta) from the command line; a bad key or value is a ValueError naming it."""
+    parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", help="a resolved config JSON (e.g. a run folder's config.json)")
+    parser.add_argument("--profile", choices=sorted(PROFILES), help="start from a named profile (default: tiny)")
+    parser.add_argument("--resume", choices=["auto", "never"], default="auto")
+    args, overrides = parser.parse_known_args(argv)
+    meta: dict[str, Any] = {}
+    if args.config is not None:
+        path = Path(args.config)
+        if not path.is_file():
+            raise ValueError(f"--config {path}: no such file")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"--config {path}: not JSON ({error})") from None
+        meta = data.pop("meta", None) or {}
+        config = from_dict(data)
+    else:
+        config = PROFILES[args.profile or "tiny"]()
+    config = apply_overrides(config, overrides)
+    for key, names in (
+        ("data.train", config.data.train),
+        ("eval.dev", config.eval.dev),
+        ("eval.test", config.eval.test),
+    ):
+        try:
+            resolve_benchmarks(names)
+        except ValueError as error:
+            raise ValueError(f"{key}={names!r}: {error}") from None
+    return config, args.resume, meta
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        config, resume, meta = parse_args(argv)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    try:
+        train(config, resume, meta)
+    except TrainingDiverged as error:
+        print(f"error: training diverged: {error}", file=sys.stderr)
+        return 1
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

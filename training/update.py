@@ -1,0 +1,157 @@
+"""The trainer's side of a step: old and reference log-probs, then epochs x mini-batches x micro-batches of AdamW.
+
+Every rank holds the whole step batch. Log-probs are computed on each rank's contiguous share of the rows and
+all-gathered. Each mini-batch (one optimiser step) counts its ``Normalizers`` over all of its rows, i.e. over
+every micro-batch on every rank, so the micro-batch losses are shares that sum to the mini-batch loss whatever the
+micro-batch size or world size; each rank then trains on its share of the mini-batch's rows.
+"""
+
+import math
+from collections import defaultdict
+from typing import assert_never
+
+import torch
+from torch import Tensor, nn
+
+from algorithms import Normalizers, policy_loss
+from training.batch import StepBatch, derive_seed, pad_columns, sequence_logp
+from training.config import RunConfig, Schedule
+from training.distributed import (
+    DistInfo,
+    all_gather_objects,
+    all_reduce_sum,
+    grad_norm_and_clip,
+    gradient_sync,
+    loss_scale,
+)
+
+
+class TrainingDiverged(RuntimeError):
+    """The step loss or gradient norm is not finite; raised before the optimiser step, so no weight is touched."""
+
+
+def rank_share(rows: list[int], info: DistInfo) -> list[int]:
+    """This rank's contiguous share of ``rows`` (their count is a multiple of the world size)."""
+    assert len(rows) % info.world_size == 0, f"{len(rows)} rows do not split over {info.world_size} ranks"
+    share = len(rows) // info.world_size
+    return rows[info.rank * share : (info.rank + 1) * share]
+
+
+def micro_batches(rows: list[int], size: int) -> list[list[int]]:
+    return [rows[start : start + size] for start in range(0, len(rows), size)]
+
+
+@torch.no_grad()
+def batch_logps(
+    model: nn.Module, batch: StepBatch, config: RunConfig, info: DistInfo, pad_id: int
+) -> tuple[Tensor, Tensor]:
+    """(logp_BT, entropy_BT) of the whole batch under ``model`` at the rollout temperature, identical on all ranks."""
+    B, T = batch.tokens_BT.shape
+    dtype = getattr(torch, config.model.compute_dtype)
+    parts = []
+    for rows in micro_batches(rank_share(list(range(B)), info), config.optim.micro_batch_size):
+        sub = batch.select(rows)
+        logp_BT, entropy_BT = sequence_logp(
+            model, sub.prompt_ids_B, sub.tokens_BT, sub.mask_BT, config.rollout.temperature, pad_id, dtype
+        )
+        parts.append((pad_columns(logp_BT.cpu(), T), pad_columns(entropy_BT.cpu(), T)))
+    mine = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+    gathered = all_gather_objects(mine, info)
+    return torch.cat([g[0] for g in gathered]), torch.cat([g[1] for g in gathered])
+
+
+def update_policy(
+    trainer: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    batch: StepBatch,
+    old_logp_BT: Tensor,
+    ref_logp_BT: Tensor | None,
+    adv_BT: Tensor,
+    config: RunConfig,
+    info: DistInfo,
+    step: int,
+    pad_id: int,
+) -> dict[str, float]:
+    """Run ``epochs x mini_batches`` optimiser steps on the batch; returns policy/* and optim/* metrics.
+
+    policy/* are the mini-batch values (micro-batch shares summed over micro-batches and ranks) averaged over the
+    optimiser steps; optim/grad_norm is the pre-clipping global norm, averaged likewise; optim/lr the last lr used.
+    """
+    B, _T = batch.tokens_BT.shape
+    epochs, mini_batches = config.optim.epochs, config.optim.mini_batches
+    rows_per_mini_batch = B // mini_batches
+    dtype = getattr(torch, config.model.compute_dtype)
+    totals: dict[str, float] = defaultdict(float)
+    lr = scheduler.get_last_lr()[0]
+    for epoch in range(epochs):
+        if epochs * mini_batches > 1:  # same seeded shuffle on every rank
+            generator = torch.Generator().manual_seed(derive_seed(config.seed, step, "shuffle", epoch))
+            order = torch.randperm(B, generator=generator).tolist()
+        else:
+            order = list(range(B))
+        for mini in range(mini_batches):
+            rows = order[mini * rows_per_mini_batch : (mini + 1) * rows_per_mini_batch]
+            norm = Normalizers.count(batch.mask_BT[rows], config.rollout.max_new_tokens)
+            generator = torch.Generator().manual_seed(derive_seed(config.seed, step, epoch, mini, info.rank))
+            parts = micro_batches(rank_share(rows, info), config.optim.micro_batch_size)
+            sums: dict[str, float] = defaultdict(float)
+            for index, micro in enumerate(parts):
+                sub = batch.select(micro)
+                width = sub.tokens_BT.shape[1]
+                with gradient_sync(trainer, enabled=index == len(parts) - 1):
+                    logp_BT, entropy_BT = sequence_logp(
+                        trainer, sub.prompt_ids_B, sub.tokens_BT, sub.mask_BT, config.rollout.temperature, pad_id, dtype
+                    )
+                    device = logp_BT.device
+                    out = policy_loss(
+                        config.algorithm,
+                        logp_BT,
+                        old_logp_BT[micro, :width].to(device),
+                        adv_BT[micro, :width].to(device),
+                        sub.mask_BT.to(device),
+                        norm,
+                        ref_logp_BT=None if ref_logp_BT is None else ref_logp_BT[micro, :width].to(device),
+                        entropy_BT=entropy_BT,
+                        generator=generator,
+                    )
+                    loss = out.loss
+                    if config.fault_nan_at_step == step:  # testing only: a loss that has become NaN
+                        loss = loss * float("nan")
+                    (loss * loss_scale(info)).backward()
+                sums["policy/loss"] += loss.item()
+                for key, value in out.metrics.items():
+                    sums[f"policy/{key}"] += value.item()
+            sums = all_reduce_sum(dict(sums), info)
+            grad_norm = grad_norm_and_clip(trainer, config.optim.grad_clip).item()
+            if not (math.isfinite(sums["policy/loss"]) and math.isfinite(grad_norm)):
+                raise TrainingDiverged(
+                    f"step {step} (epoch {epoch}, mini-batch {mini}): policy/loss={sums['policy/loss']} "
+                    f"optim/grad_norm={grad_norm} is not finite; stopped before the optimiser step"
+                )
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            for key, value in sums.items():
+                totals[key] += value
+            totals["optim/grad_norm"] += grad_norm
+    count = epochs * mini_batches
+    return {key: value / count for key, value in totals.items()} | {"optim/lr": lr}
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: Schedule, min_lr_ratio: float) -> float:
+    """Linear warm-up over ``warmup_steps`` optimiser steps, then constant or cosine down to ``min_lr_ratio``.
+
+    factor(s) = (s+1)/warmup for s < warmup; constant: 1; cosine: m + (1-m) * (1 + cos(pi * p)) / 2 with
+    p = (s - warmup) / (total - warmup) clamped to [0, 1]."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    match schedule:
+        case "constant":
+            return 1.0
+        case "cosine":
+            progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+            return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        case _:
+            assert_never(schedule)
