@@ -11,7 +11,9 @@ without being parsed. sympy can still hang (``9^{9^{9^{9}}}``, 30 nested parenth
 math-verify's own ``signal.alarm`` timeouts only work in a main thread, so every math-verify call runs in a
 persistent pool of worker processes; a worker past ``timeout_s`` is killed and replaced, and the pair is graded
 ``timeout`` (incorrect). The parent keeps a cache keyed on the normalised (answer, gold) pair and answers
-identical strings and plain numbers itself (``fast_verdict``, tested to agree with math-verify).
+identical strings, plain numbers (with units, degree signs, ``x =``, thousands separators) and answers of equal
+math-verify normal form itself (``fast_verdict``, tested to agree with math-verify); for the last it imports
+math-verify's pure-regex LaTeX normaliser once (sympy comes with it, ~1 s), never its parser.
 """
 
 import atexit
@@ -25,7 +27,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from fractions import Fraction
@@ -116,16 +118,43 @@ def normalize_answer(answer: str) -> str:
 
 
 _DECIMAL = re.compile(r"-?(?:\d+\.?\d*|\.\d+)")
+_THOUSANDS = re.compile(r"-?[1-9]\d{0,2}(?:,\d{3})+")  # 10,080 (after \! and {,} are dropped)
 _FRACTION = re.compile(r"(-?)(?:\\frac\{(-?\d+)\}\{(\d+)\}|\\frac(\d)(\d)|(-?\d+)/(\d+))")
 _MAX_FAST_DIGITS = 12  # sympy Floats carry 15 digits: stay well inside them
+# What math-verify reads as the same number (each checked against it on every benchmark's gold answers): a single
+# variable name in front ("x = 5"; not e, i, E, I, which are constants), a degree sign, a trailing \text unit.
+_VARIABLE = re.compile(r"([a-dfghj-zA-DFGHJ-Z])\s?=\s?(.+)")
+_DEGREES = re.compile(r"(.+?)\s?\^\s?(?:\\circ|\{\\circ\})")
+_UNIT = re.compile(r"(.+?)\s?\\(?:text|mbox)\{[^{}\\]*\}(?:\^\d|\^\{\d\})?")
+_SEPARATORS = re.compile(r"\\!|\{,\}")
 
 
-def _plain_number(answer: str) -> tuple[Fraction, bool] | None:
-    """(exact value, is a decimal) of an integer, decimal or fraction of integers of <= 12 digits, else None."""
+@dataclass(frozen=True)
+class _Number:
+    value: Fraction
+    is_decimal: bool
+    variable: str | None  # the "x" of "x = 5"
+
+
+def _plain_number(answer: str) -> _Number | None:
+    """An integer, decimal or fraction of integers of <= 12 digits (with an optional single-letter ``x =`` in front,
+    a degree sign or a \\text unit after, thousands separators), else None."""
     if sum(c.isdigit() for c in answer) > _MAX_FAST_DIGITS:
         return None
+    variable = None
+    if "=" in answer and (match := _VARIABLE.fullmatch(answer)):
+        variable, answer = match.groups()
+    bare = variable is None
+    if "\\" in answer:
+        for suffix in (_DEGREES, _UNIT):
+            if match := suffix.fullmatch(answer):
+                answer, bare = match.group(1), False
+                break
+    answer = _SEPARATORS.sub("", answer)
     if _DECIMAL.fullmatch(answer):
-        return Fraction(Decimal(answer)), "." in answer
+        return _Number(Fraction(Decimal(answer)), "." in answer, variable)
+    if bare and _THOUSANDS.fullmatch(answer):  # math-verify reads "x = 10,080" and "10,080^\circ" as tuples
+        return _Number(Fraction(int(answer.replace(",", ""))), False, variable)
     match = _FRACTION.fullmatch(answer)
     if match is None:
         return None
@@ -133,28 +162,60 @@ def _plain_number(answer: str) -> tuple[Fraction, bool] | None:
     numerator, denominator = (int(x) for x in parts if x is not None)
     if denominator == 0:
         return None
-    return Fraction(-numerator if sign else numerator, denominator), False
+    return _Number(Fraction(-numerator if sign else numerator, denominator), False, variable)
+
+
+_MATH_VERIFY_ANCHORS = re.compile(r"answer|boxed|fbox", re.IGNORECASE)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def math_verify_form(answer: str) -> str | None:
+    """math-verify's own normalised LaTeX of ``$answer$`` (the string its parser reads), or None when its extraction
+    might read something else (an answer mentioning "answer" or a box, or ending in a backslash).
+
+    Why equal forms are equal answers: parsing ``$a$``, math-verify's rightmost match is the whole inline-math
+    group (no other pattern of its first priority level can match without those words), whose string fallback is
+    ``normalize_latex(a)``; ``parse`` always returns that fallback, and ``verify`` is True when any gold and
+    predicted item are equal, equal non-empty strings included. ``normalize_latex`` is a pure regex function (no
+    sympy call), so the parent runs it safely; math-verify is imported here once, lazily.
+    """
+    if answer.endswith("\\") or _MATH_VERIFY_ANCHORS.search(answer):
+        return None
+    return _normalize_latex()(answer).strip() or None
+
+
+@functools.cache
+def _normalize_latex() -> Callable[[str], str]:
+    from latex2sympy2_extended import normalize_latex
+    from math_verify import LatexExtractionConfig
+
+    return functools.partial(normalize_latex, config=LatexExtractionConfig().normalization_config)
 
 
 def fast_verdict(pred: str, gold: str) -> bool | None:
     """math-verify's verdict on two normalised answers when it is certain without it, else None.
 
-    Identical non-empty strings are equal (math-verify: same parse, or same string fallback). Integers, decimals
-    and fractions of integers (``\\frac{a}{b}``, ``a/b``) of at most 12 digits compare exactly: equal values are
-    equal; two exact values (no decimal point) that differ are different, as sympy's Rationals are; when a decimal
-    is involved they differ if ``|a - b| >= 1e-5``, beyond math-verify's rounding to 6 decimal places (closer
-    pairs go to math-verify).
+    Identical non-empty strings are equal (math-verify: same parse, or same string fallback), and so are answers of
+    equal ``math_verify_form``. Integers, decimals and fractions of integers (``\\frac{a}{b}``, ``a/b``) of at most
+    12 digits, with an optional ``x =``, degree sign, \\text unit or thousands separators (``_plain_number``),
+    compare exactly: equal values are equal; two exact values (no decimal point) that differ are different, as
+    sympy's Rationals are; when a decimal is involved they differ if ``|a - b| >= 1e-5``, beyond math-verify's
+    rounding to 6 decimal places (closer pairs go to math-verify). Two different variable names go to math-verify.
     """
     if pred == gold and pred and not pred.endswith("\\"):  # a trailing backslash escapes the closing $
         return True
     a, b = _plain_number(pred), _plain_number(gold)
-    if a is None or b is None:
-        return None
-    if a[0] == b[0]:
+    if a is not None and b is not None and (a.variable is None or b.variable is None or a.variable == b.variable):
+        if a.value == b.value:
+            return True
+        if not a.is_decimal and not b.is_decimal:
+            return False
+        if abs(a.value - b.value) >= Fraction(1, 100_000):
+            return False
+    form = math_verify_form(pred)
+    if form is not None and form == math_verify_form(gold):
         return True
-    if not a[1] and not b[1]:
-        return False
-    return False if abs(a[0] - b[0]) >= Fraction(1, 100_000) else None
+    return None
 
 
 # --- math-verify (runs in the workers; importable in-process for tests and the benchmark) -----------------------

@@ -282,3 +282,98 @@ def test_reference_solutions_grade_correct(data_dir: Path):
 def test_verify_answer_in_process():
     assert verify_answer(r"\frac{1}{2}", "0.5") == (True, "ok")
     assert verify_answer("3", "4") == (False, "ok")
+
+
+# --- the wider fast path (units, degree signs, "x =", thousands separators, math-verify's own normalised form) ---
+
+
+@pytest.mark.parametrize(
+    "pred, gold, want",
+    [
+        ("x = 5", "5", True),  # math-verify compares the right-hand side with a plain gold
+        ("5", "x=5", True),
+        ("y=5", "x=5", None),  # two variable names: math-verify decides (it says False)
+        ("x=5", "6", False),
+        (r"30^\circ", "30", True),
+        (r"30^{\circ}", "35", False),
+        (r"5\text{ cm}", "5", True),  # a trailing unit is dropped, as math-verify's normaliser does
+        ("6", r"5\text{ cm}", False),
+        (r"10,\!080", "10080", True),
+        (r"10{,}080", "10,088", False),
+        ("x = 10,080", "10,080", None),  # math-verify reads "x = 10,080" as a tuple
+        (r"\frac{\sqrt3}{2}", r"\frac{\sqrt{3}}{2}", True),  # equal math-verify forms (its \sqrt fix)
+        (r"\text{(A)}", r"\textbf{(A)}", True),
+        (r"50\%", "50", None),  # percentages go to math-verify
+        (r"\text{the answer is }5", "5", None),  # its extraction would look at "answer"
+    ],
+)
+def test_wider_fast_path_by_hand(pred: str, gold: str, want: bool | None):
+    assert fast_verdict(pred, gold) is want
+
+
+def _perturbations(gold: str, rng: random.Random) -> list[str]:
+    """Forms of ``gold`` a model may write, equal or not: other fractions, spacing, units, degree signs, ``x =``,
+    percent, text wrappers, thousands separators, a changed digit, a term added."""
+    forms = [
+        gold.replace("\\frac", "\\dfrac"),
+        re.sub(r"\s*([,+=()])\s*", r" \1 ", gold).strip(),
+        gold.replace(" ", ""),
+        "x = " + gold,
+        gold + "^\\circ",
+        gold + "^{\\circ}",
+        gold + "\\text{ cm}",
+        gold + " \\mbox{ units}^2",
+        "\\text{" + gold + "}",
+        gold + ".",
+        gold + "\\%",
+        "\\left(" + gold + "\\right)",
+        gold + "+1",
+    ]
+    if re.fullmatch(r"\d{4,}", gold):
+        grouped = f"{int(gold):,}"
+        forms += [grouped, grouped.replace(",", "{,}"), grouped.replace(",", ",\\!")]
+    digits = [i for i, c in enumerate(gold) if c.isdigit()]
+    if digits:
+        i = rng.choice(digits)
+        forms.append(gold[:i] + str((int(gold[i]) + rng.randint(1, 9)) % 10) + gold[i + 1 :])
+    return forms
+
+
+@pytest.mark.slow
+def test_wider_fast_path_agrees_with_math_verify_on_perturbed_golds(data_dir: Path):
+    """Every benchmark gold answer against a seeded sample of its perturbations, both ways, plus "x = g" against
+    "y = g": wherever the fast path answers, math-verify (on the same normalised strings) agrees."""
+    rng = random.Random(0)
+    golds = sorted({normalize_answer(p.answer) for name in MATH_BENCHMARKS for p in load_benchmark(name, data_dir)})
+    pairs = set()
+    for gold in golds:
+        forms = [normalize_answer(f) for f in _perturbations(gold, rng)]
+        for form in rng.sample(forms, 4):
+            pairs |= {(form, gold), (gold, form)}
+        pairs.add((normalize_answer("x = " + gold), normalize_answer("y = " + gold)))
+    pairs = sorted(pairs)
+    fast = [fast_verdict(pred, gold) for pred, gold in pairs]
+    decided = [(pair, verdict) for pair, verdict in zip(pairs, fast, strict=True) if verdict is not None]
+    assert len(decided) > 0.3 * len(pairs)  # the fast path really answers a good share of these
+    assert sum(v is False for _, v in decided) > 100 and sum(v is True for _, v in decided) > 1000
+    checked = verify_many([pair for pair, _ in decided])
+    disagree = [(pair, v, c) for (pair, v), c in zip(decided, checked, strict=True) if v != c[0]]
+    assert not disagree, disagree[:20]
+
+
+@pytest.mark.slow
+def test_math_verify_form_equality_is_math_verify_equality(data_dir: Path):
+    """Pairs with equal ``math_verify_form`` but different strings (the proof in its docstring, checked): each
+    benchmark gold against its text-wrapped, \\dfrac, \\left/\\right and unit forms."""
+    from evals.grading import math_verify_form
+
+    golds = sorted({normalize_answer(p.answer) for name in MATH_BENCHMARKS for p in load_benchmark(name, data_dir)})
+    pairs = []
+    for gold in golds:
+        for form in (r"\mathrm{" + gold + "}", gold + r"\text{ cm}", r"\left(" + gold + r"\right)", gold + r"\!"):
+            form = normalize_answer(form)
+            if form != gold and math_verify_form(form) is not None and math_verify_form(form) == math_verify_form(gold):
+                pairs.append((form, gold))
+    assert len(pairs) > 500
+    failed = [pair for pair, (ok, _) in zip(pairs, verify_many(pairs), strict=True) if not ok]
+    assert not failed, failed[:20]

@@ -1,0 +1,281 @@
+"""RL step throughput (rollout + grading + update): our training loop against TRL's ``GRPOTrainer``, same run.
+
+Both sides get the same model (the embedded warm-started tiny Qwen3, or ``--model random``), the same prompts (the
+six tiny tasks' train split, template ``tiny``), 16 prompts x 8 samples, the same max new tokens, temperature 1.0,
+top-p 1, no top-k, lr 1e-4 constant, AdamW (0.9, 0.999, 1e-8, no weight decay), gradient clipping at 1.0, beta = 0
+(no reference model), GRPO's z-scored group advantage and per-sequence token-mean loss, clip 0.2, gradient
+checkpointing off, one optimiser step per batch of 128 completions (TRL: one forward/backward of all 128; ours:
+micro-batches of ``--micro-batch`` rows, 32 by default, whose losses sum to the same step loss), the same threads,
+and the same rewards: ``evals.grade_many`` (2 workers), wrapped as a TRL reward function.
+
+Ours runs through the real entry point (``training.train.train``); its step time is the wall time between
+consecutive steps' ``metrics.jsonl`` rows. TRL's is the wall time between ``on_step_end`` callbacks. The first
+``--warmup`` steps of each are skipped; each repeat runs ours then TRL from fresh weights and gives one ratio; the
+median over repeats is reported.
+
+    python bench/bench_step.py [--model embedded|random|DIR] [--steps 10] [--warmup 2] [--repeats 3]
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+PROMPTS, GROUP, LR = 16, 8, 1e-4
+
+
+def resolve_model(name: str, scratch: Path) -> Path:
+    """The model folder: the embedded warm-started model, a random tiny one, or a given folder."""
+    from training import tiny
+
+    match name:
+        case "embedded":
+            return tiny.ensure_tiny_model()
+        case "random":
+            return tiny.random_tiny_model(scratch / "random_tiny", seed=0)
+        case _:
+            return Path(name)
+
+
+def run_ours(model_dir: Path, out_dir: Path, steps: int, max_new_tokens: int, threads: int, micro_batch: int) -> dict:
+    """Train ``steps`` steps through ``training.train.train``; per-step wall times from ``metrics.jsonl``."""
+    from training.config import apply_overrides, tiny
+    from training.train import train
+
+    overrides = {
+        "model.path": str(model_dir),
+        "model.template": "tiny",
+        "data.train": "tiny",
+        "rollout.prompts_per_step": PROMPTS,
+        "rollout.group_size": GROUP,
+        "rollout.max_new_tokens": max_new_tokens,
+        "rollout.temperature": 1.0,
+        "rollout.top_p": 1.0,
+        "rollout.grade_workers": 2,
+        "algorithm.kl_coef": 0.0,
+        "optim.lr": LR,
+        "optim.micro_batch_size": micro_batch,
+        "eval.every": 0,
+        "eval.test": "tiny_add",
+        "eval.n": 1,
+        "eval.max_problems": 1,
+        "logging.samples_every": 0,
+        "logging.checkpoint_every": 1_000_000,
+        "logging.progress_bar": False,
+        "steps": steps,
+        "cpu_threads": threads,
+        "out_dir": str(out_dir),
+    }
+    config = apply_overrides(tiny(), [f"--{key}={json.dumps(value)}" for key, value in overrides.items()])
+    train(config, resume="never")
+    rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    return {
+        "ends": [row["time"] for row in rows],  # time.time() at the same point of every step
+        "tokens": [row["tokens/generated"] for row in rows],
+        "parts": {
+            key: [row[key] for row in rows] for key in ("time/rollout", "time/grade", "time/logp", "time/update")
+        },
+        "acc": [row["rollout/acc_mean"] for row in rows],
+    }
+
+
+def run_trl(model_dir: Path, out_dir: Path, steps: int, max_new_tokens: int, threads: int, micro_batch: int) -> dict:
+    """Train ``steps`` steps of TRL's GRPOTrainer configured as ours; per-step wall times from a callback."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from evals import grade_many, load_benchmark, render_prompt, resolve_benchmarks
+
+    torch.set_num_threads(threads)
+    problems = [p for name in resolve_benchmarks("tiny") for p in load_benchmark(name, split="train")]
+    dataset = Dataset.from_list([{"prompt": render_prompt("tiny", p), "answer": p.answer} for p in problems])
+    tokens, acc = [], []
+
+    def correctness(prompts, completions, answer, completion_ids, **_) -> list[float]:
+        grades = grade_many(list(zip(completions, answer, strict=True)), workers=2)
+        tokens.append(sum(len(ids) for ids in completion_ids))
+        acc.append(sum(g.correct for g in grades) / len(grades))
+        return [float(g.correct) for g in grades]
+
+    ends: list[float] = []
+
+    class StepTimes(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            ends.append(time.time())
+
+    args = GRPOConfig(
+        output_dir=str(out_dir),
+        use_cpu=True,
+        report_to="none",
+        per_device_train_batch_size=PROMPTS * GROUP,  # counts completions: 16 prompts x 8
+        gradient_accumulation_steps=1,
+        num_generations=GROUP,
+        max_completion_length=max_new_tokens,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        learning_rate=LR,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
+        adam_beta1=0.9,
+        adam_beta2=0.999,
+        adam_epsilon=1e-8,
+        max_grad_norm=1.0,
+        beta=0.0,
+        epsilon=0.2,
+        loss_type="grpo",
+        scale_rewards="group",
+        num_iterations=1,
+        gradient_checkpointing=False,
+        max_steps=steps,
+        save_strategy="no",
+        logging_steps=steps,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        seed=0,
+    )
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=correctness,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[StepTimes()],
+    )
+    trainer.train()
+    return {"ends": ends, "tokens": tokens, "acc": acc}
+
+
+def step_seconds(ends: list[float], warmup: int) -> list[float]:
+    """Wall time of each step after the first ``warmup`` steps: the gaps between consecutive step ends."""
+    return [b - a for a, b in zip(ends[warmup - 1 : -1], ends[warmup:], strict=True)] if warmup else []
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def run_side(side: str, model_dir: Path, out_dir: Path, args: argparse.Namespace) -> dict:
+    """One side's run in a fresh interpreter: no global torch state (deterministic mode, threads) and no grading
+    cache carries over from the other side."""
+    out_dir.mkdir(parents=True)
+    command = [sys.executable, __file__, "--run-side", side, "--model", str(model_dir), "--steps", str(args.steps)]
+    command += ["--max-new-tokens", str(args.max_new_tokens), "--threads", str(args.threads)]
+    command += ["--micro-batch", str(args.micro_batch)]
+    command += ["--out", str(out_dir / "run.json")]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
+    done = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode:
+        raise RuntimeError(f"the {side} run failed:\n{done.stderr[-3000:]}")
+    return json.loads((out_dir / "run.json").read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="embedded", help="embedded | random | a model folder")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2, help="steps skipped at the start of each run (>= 1)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--micro-batch", type=int, default=32, help="ours: rows per forward/backward (its default)")
+    parser.add_argument("--sides", default="ours,trl", help="comma list: ours, trl")
+    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "step.json"))
+    parser.add_argument("--run-side", choices=["ours", "trl"], help=argparse.SUPPRESS)  # internal: one side's run
+    args = parser.parse_args()
+    if args.run_side:
+        torch.set_num_threads(args.threads)
+        with tempfile.TemporaryDirectory() as scratch:
+            run = {"ours": run_ours, "trl": run_trl}[args.run_side]
+            result = run(
+                Path(args.model), Path(scratch) / "run", args.steps, args.max_new_tokens, args.threads, args.micro_batch
+            )
+        Path(args.out).write_text(json.dumps(result))
+        return
+    if not 1 <= args.warmup < args.steps - 1:
+        raise ValueError(f"--warmup={args.warmup} must be >= 1 and leave at least two timed steps of --steps")
+    sides = args.sides.split(",")
+    torch.set_num_threads(args.threads)
+    load_before = load_average()
+    runs: dict[str, list[dict]] = {side: [] for side in sides}
+    with tempfile.TemporaryDirectory() as scratch:
+        model_dir = resolve_model(args.model, Path(scratch))
+        for repeat in range(args.repeats):
+            for side in sides:
+                result = run_side(side, model_dir, Path(scratch) / f"{side}-{repeat}", args)
+                result["step_s"] = step_seconds(result["ends"], args.warmup)
+                runs[side].append(result)
+                print(
+                    f"repeat {repeat} {side:5s} median step {statistics.median(result['step_s']):.3f} s "
+                    f"(steps {', '.join(f'{s:.2f}' for s in result['step_s'])})",
+                    flush=True,
+                )
+    medians = {side: [statistics.median(r["step_s"]) for r in runs[side]] for side in sides}
+    summary = {side: statistics.median(medians[side]) for side in sides}
+    tokens = {side: statistics.median(t for r in runs[side] for t in r["tokens"][args.warmup :]) for side in sides}
+    print(
+        f"\nmodel {args.model}; {PROMPTS} prompts x {GROUP} samples, <= {args.max_new_tokens} new tokens, "
+        f"{args.threads} threads; {args.steps} steps, first {args.warmup} skipped; median of {args.repeats} repeats"
+    )
+    print(f"{'trainer':<22}{'s/step':>9}{'steps/s':>9}{'tokens/step':>13}{'tokens/s':>10}")
+    for side in sides:
+        name = {"ours": "ours (training.train)", "trl": "TRL GRPOTrainer"}[side]
+        print(
+            f"{name:<22}{summary[side]:>9.3f}{1 / summary[side]:>9.2f}{tokens[side]:>13.0f}"
+            f"{tokens[side] / summary[side]:>10.0f}"
+        )
+    result = {
+        "command": "python bench/bench_step.py "
+        + " ".join(f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()),
+        "model": args.model,
+        "prompts": PROMPTS,
+        "group_size": GROUP,
+        "max_new_tokens": args.max_new_tokens,
+        "threads": args.threads,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+        "median_step_s": summary,
+        "per_repeat_median_step_s": medians,
+        "median_tokens_per_step": tokens,
+        "load_average_before": load_before,
+        "load_average_after": load_average(),
+        "runs": {side: [{k: v for k, v in r.items() if k != "ends"} for r in runs[side]] for side in sides},
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__},
+    }
+    if {"ours", "trl"} <= set(sides):
+        ratios = [t / o for o, t in zip(medians["ours"], medians["trl"], strict=True)]
+        result["speedup_per_repeat"] = ratios
+        result["speedup"] = statistics.median(ratios)
+        print(
+            f"ours / TRL steps per second: {result['speedup']:.2f}x "
+            f"(per repeat: {', '.join(f'{r:.2f}' for r in ratios)})"
+        )
+    if "ours" in sides:
+        parts = {
+            k: statistics.median(v for r in runs["ours"] for v in r["parts"][k][args.warmup :])
+            for k in runs["ours"][0]["parts"]
+        }
+        result["ours_median_parts_s"] = parts
+        print("ours, median seconds per step: " + ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in parts.items()))
+    print(f"load average before {load_before}, after {result['load_average_after']}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
