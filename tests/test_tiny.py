@@ -1,0 +1,90 @@
+"""The embedded tiny model: tokenizer round trip, the SFT batch, the schedule, a deterministic and cached build."""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from evals.tasks import SPLITS, TASK_NAMES, task_problems
+from training.tiny import (
+    BUILD_FILE,
+    Recipe,
+    _collate,
+    build_tiny_model,
+    char_tokenizer,
+    ensure_tiny_model,
+    recipe_hash,
+    tiny_model_dir,
+)
+
+# three SFT steps, one evaluation on 1 dev problem per task with 2 samples: seconds, not minutes
+SHORT = Recipe(max_steps=3, decay_end=2, first_eval=3, batch_size=8, eval_samples=2, eval_problems=1, threads=1)
+
+
+def test_tokenizer_round_trips_every_problem_and_solution():
+    tokenizer = char_tokenizer()
+    texts = [
+        text
+        for name in TASK_NAMES
+        for split in SPLITS
+        for p in task_problems(name, split)
+        for text in (p.problem + "\n", p.meta["solution"])
+    ]
+    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    for text, ids in zip(texts, encoded, strict=True):
+        assert len(ids) == len(text) and tokenizer.pad_token_id not in ids  # one token per character, none unknown
+        assert tokenizer.decode(ids) == text
+
+
+def test_collate_puts_labels_on_solution_tokens_only():
+    batch = _collate([([5, 6], [7, 1]), ([8], [9, 10, 11, 1])], pad_id=0)
+    # row 0: prompt 5 6, solution 7 EOS, then one pad; row 1: prompt 8, solution 9 10 11 EOS
+    torch.testing.assert_close(batch["input_ids"], torch.tensor([[5, 6, 7, 1, 0], [8, 9, 10, 11, 1]]))
+    torch.testing.assert_close(batch["attention_mask"], torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]]))
+    torch.testing.assert_close(batch["labels"], torch.tensor([[-100, -100, 7, 1, -100], [-100, 9, 10, 11, 1]]))
+
+
+def test_lr_schedule_by_hand():
+    recipe = Recipe(lr=1.0, warmup_steps=10, decay_start=100, decay_end=200, max_steps=300, final_lr_ratio=0.1)
+    assert recipe.lr_at(5) == pytest.approx(0.5)  # warm-up: 5 / 10
+    assert recipe.lr_at(100) == pytest.approx(1.0)  # constant until the decay starts
+    assert recipe.lr_at(150) == pytest.approx(0.55)  # halfway down from 1 to 0.1: 1 - 0.9 * 50/100
+    assert recipe.lr_at(200) == recipe.lr_at(300) == pytest.approx(0.1)  # then constant at the floor
+
+
+def test_recipe_hash_names_seed_and_recipe():
+    assert recipe_hash(SHORT, 0) == recipe_hash(dataclasses.replace(SHORT), 0)
+    assert len({recipe_hash(SHORT, 0), recipe_hash(SHORT, 1), recipe_hash(dataclasses.replace(SHORT, lr=1e-3), 0)}) == 3
+    with pytest.raises(ValueError, match="target_pass1"):
+        Recipe(target_pass1=0.9)
+
+
+def test_same_seed_builds_bit_identical_weights(tmp_path: Path):
+    first = build_tiny_model(tmp_path / "a", seed=3, recipe=SHORT)
+    second = build_tiny_model(tmp_path / "b", seed=3, recipe=SHORT)
+    weights_a, weights_b = load_file(first / "model.safetensors"), load_file(second / "model.safetensors")
+    assert weights_a.keys() == weights_b.keys()
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+    reports = [json.loads((folder / BUILD_FILE).read_text()) for folder in (first, second)]
+    curves = [[{k: v for k, v in entry.items() if k != "time_s"} for entry in r["history"]] for r in reports]
+    assert curves[0] == curves[1] and [entry["step"] for entry in curves[0]] == [3]
+    other = build_tiny_model(tmp_path / "c", seed=4, recipe=SHORT)
+    assert not torch.equal(load_file(other / "model.safetensors")["model.norm.weight"], weights_a["model.norm.weight"])
+    # a standard Hugging Face folder: loads with the Auto classes, and the tokenizer round-trips
+    model = AutoModelForCausalLM.from_pretrained(first)
+    assert 0.5e6 < sum(p.numel() for p in model.parameters()) < 1.5e6
+    assert AutoTokenizer.from_pretrained(first).decode(char_tokenizer()("3x+4=10\n")["input_ids"]) == "3x+4=10\n"
+    assert not list(tmp_path.glob(".*tmp*"))  # the temporary build folders were renamed away
+
+
+def test_ensure_builds_once_into_the_cache(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    path = ensure_tiny_model(seed=0, cache_dir=tmp_path, recipe=SHORT)
+    assert path == tiny_model_dir(0, tmp_path, SHORT) and recipe_hash(SHORT, 0) in path.name
+    built = (path / BUILD_FILE).stat().st_mtime_ns
+    assert ensure_tiny_model(seed=0, cache_dir=tmp_path, recipe=SHORT) == path
+    assert (path / BUILD_FILE).stat().st_mtime_ns == built  # found, not rebuilt
+    assert str(path) in capsys.readouterr().err  # the location is printed
