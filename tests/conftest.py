@@ -18,7 +18,7 @@ def _data_root() -> Path:
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    """The data folder (``benchmarks/*.jsonl``, ``train/*.jsonl``); a skip on a user's clone, a failure under CI=true."""
+    """The data folder (``benchmarks/``, ``train/``); a skip on a user's clone, a failure under CI=true."""
     root = _data_root()
     if not (root / "benchmarks" / "math500.jsonl").is_file():
         message = f"benchmark data not found at {root} (set RLABLATE_DATA_DIR)"
@@ -26,6 +26,14 @@ def data_dir() -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> Path:
+    """The embedded warm-started tiny model (built once, about 2 CPU minutes, then cached)."""
+    from training.tiny import ensure_tiny_model
+
+    return ensure_tiny_model()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -43,6 +43,7 @@ PUBLIC = {
         "RunConfig",
         "apply_overrides",
         "char_tokenizer",
+        "ensure_tiny_model",
         "from_dict",
         "paper",
         "random_tiny_model",

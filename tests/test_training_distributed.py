@@ -128,8 +128,8 @@ def test_two_rank_fsdp2_cli_run_resumes_exactly(model_dir: Path, tmp_path: Path)
 
     run = tmp_path / "run"
     settings = {
-        "model.path": model_dir, "out_dir": run, "steps": 2, "data.train": "tiny_mod", "eval.dev": "tiny_mod",
-        "eval.test": "tiny_mod", "eval.every": 0, "eval.n": 1, "eval.max_problems": 2, "eval.max_new_tokens": 8,
+        "model.path": model_dir, "out_dir": run, "steps": 2, "data.train": "tiny_div", "eval.dev": "tiny_div",
+        "eval.test": "tiny_div", "eval.every": 0, "eval.n": 1, "eval.max_problems": 2, "eval.max_new_tokens": 8,
         "rollout.prompts_per_step": 2, "rollout.group_size": 2, "rollout.max_new_tokens": 8,
         "algorithm": "entropy_bonus", "algorithm.entropy_coef": 0.1, "optim.lr": 1e-3, "optim.micro_batch_size": 1,
         "dist.strategy": strategy, "logging.progress_bar": False, "logging.checkpoint_every": 1,

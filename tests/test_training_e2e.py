@@ -1,8 +1,7 @@
 """End to end through the real loop: run files, every preset, NaN stop, exact resume after SIGKILL.
 
-The model is the tiny random model taught, in a few seconds of supervised steps, to answer ``\\boxed{d}`` with a
-random digit d in 0-3: on ``tiny_mod`` (remainders, three quarters of them 0-3) about one answer in five is
-right, so groups are mixed and every algorithm's update really runs.
+The model is the embedded warm-started tiny model: on the synthetic tasks about one sample in four is right, so
+groups are mixed and every algorithm's update really runs.
 """
 
 import json
@@ -17,14 +16,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 from algorithms import ALGORITHMS
-from evals.tasks import task_problems
 from training import runlog
 from training.checkpoint import latest_checkpoint, list_checkpoints
 from training.config import apply_overrides, tiny
-from training.tiny import random_tiny_model
 from training.train import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,45 +53,18 @@ DESIGN_KEYS = [
 ]
 
 
-def boxed_digit_model(out_dir: Path, steps: int = 40) -> Path:
-    """The random tiny model after ``steps`` supervised steps on ``{problem}\\n`` -> ``\\boxed{d}<eos>``, d in 0-3."""
-    torch.manual_seed(0)
-    model_dir = random_tiny_model(out_dir, seed=0)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    problems, rng = task_problems("tiny_mod", "train"), random.Random(0)
-    for _ in range(steps):
-        rows = [
-            (tokenizer(p.problem + "\n")["input_ids"], tokenizer(f"\\boxed{{{rng.randint(0, 3)}}}")["input_ids"] + [1])
-            for p in rng.sample(problems, 32)
-        ]
-        width = max(len(a) + len(b) for a, b in rows)
-        ids, labels = torch.zeros(32, width, dtype=torch.long), torch.full((32, width), -100)
-        attention = torch.zeros(32, width, dtype=torch.long)
-        for i, (prompt, target) in enumerate(rows):
-            ids[i, : len(prompt) + len(target)] = torch.tensor(prompt + target)
-            attention[i, : len(prompt) + len(target)] = 1
-            labels[i, len(prompt) : len(prompt) + len(target)] = torch.tensor(target)
-        model(input_ids=ids, attention_mask=attention, labels=labels).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    model.save_pretrained(model_dir)
-    return model_dir
-
-
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def model_dir(tiny_model_dir: Path) -> Path:
     torch.set_num_threads(1)
-    return boxed_digit_model(tmp_path_factory.mktemp("boxed_digit"))
+    return tiny_model_dir
 
 
 def small_args(model_dir: Path, out_dir: Path, steps: int = 3) -> list[str]:
     settings = {
-        "model.path": model_dir, "out_dir": out_dir, "steps": steps, "data.train": "tiny_mod",
-        "eval.dev": "tiny_mod", "eval.test": "tiny_mod", "eval.every": 2, "eval.n": 2, "eval.max_problems": 4,
-        "eval.max_new_tokens": 12, "rollout.prompts_per_step": 4, "rollout.group_size": 4,
-        "rollout.max_new_tokens": 12, "rollout.max_extra_rounds": 1, "optim.lr": 3e-3, "optim.micro_batch_size": 8,
+        "model.path": model_dir, "out_dir": out_dir, "steps": steps, "data.train": "tiny",
+        "eval.dev": "tiny_add", "eval.test": "tiny_add", "eval.every": 2, "eval.n": 2, "eval.max_problems": 4,
+        "eval.max_new_tokens": 48, "rollout.prompts_per_step": 4, "rollout.group_size": 4,
+        "rollout.max_new_tokens": 48, "rollout.max_extra_rounds": 1, "optim.lr": 1e-4, "optim.micro_batch_size": 8,
         "logging.samples_every": 1, "logging.checkpoint_every": 1, "logging.progress_bar": False,
     }  # fmt: skip
     return [f"--{key}={value}" for key, value in settings.items()]
@@ -144,7 +114,7 @@ def test_three_steps_through_the_cli_write_every_run_file(model_dir: Path, tmp_p
     assert summary["best_step"] in (0, 2, 3)
     test_rows = [row for row in evals if row["split"] == "test"]
     assert test_rows and all(row["step"] == summary["best_step"] for row in test_rows)
-    assert summary["test"]["tiny_mod"] == {row["metric"]: row["value"] for row in test_rows}
+    assert summary["test"]["tiny_add"] == {row["metric"]: row["value"] for row in test_rows}
 
     best = (run / "checkpoints" / "best").resolve()
     assert best.name == f"step_{summary['best_step']:08d}"

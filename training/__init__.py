@@ -6,13 +6,13 @@ sample, ``algorithms`` for the math and ``evals`` for rewards: the training rewa
 """
 
 from training.config import PROFILES, RunConfig, apply_overrides, from_dict, paper, tiny, to_dict, with_algorithm
-from training.tiny import char_tokenizer, random_tiny_model
 
 __all__ = [
     "PROFILES",
     "RunConfig",
     "apply_overrides",
     "char_tokenizer",
+    "ensure_tiny_model",
     "from_dict",
     "paper",
     "random_tiny_model",
@@ -24,8 +24,13 @@ __all__ = [
 
 
 def __getattr__(name: str) -> object:
-    if name == "train":  # imported on use, so `python -m training.train` does not import itself twice
+    # imported on use, so that `python -m training.train` and `python -m training.tiny` do not import themselves twice
+    if name == "train":
         from training.train import train
 
         return train
+    if name in ("char_tokenizer", "ensure_tiny_model", "random_tiny_model"):
+        import importlib
+
+        return getattr(importlib.import_module("training.tiny"), name)
     raise AttributeError(f"module 'training' has no attribute {name!r}")
