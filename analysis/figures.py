@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import EngFormatter, MaxNLocator
 
 from analysis.load import FINAL_SPLIT
 from analysis.stats import mean_ci
@@ -31,6 +31,7 @@ CURVES = (
     ("algo/calibration_scale", "calibration scale"),
 )
 TOKEN_GRID = 60  # points on the shared generated-token axis
+SMOOTHING = 5  # training-curve points averaged in the centred rolling mean
 
 
 def _save(fig: plt.Figure, path_stem: Path) -> list[Path]:
@@ -72,6 +73,14 @@ def curve_band(curves: pd.DataFrame, arm: str, metric: str, x: str) -> pd.DataFr
     return _band(table)
 
 
+def smooth(band: pd.DataFrame, window: int) -> pd.DataFrame:
+    """A centred rolling mean of the mean and band columns (each step samples a new batch, so raw curves are noisy)."""
+    if window <= 1 or len(band) < 2 * window:
+        return band
+    columns = ["mean", "low", "high"]
+    return band.assign(**{c: band[c].rolling(window, center=True, min_periods=1).mean() for c in columns})
+
+
 def plot_training_curves(curves: pd.DataFrame, arms: list[str], x: str, path_stem: Path, title: str) -> list[Path]:
     """One panel per metric of CURVES, one line per arm with its seed band; x is "step" or "generated_tokens"."""
     sns.set_theme(style="whitegrid", context="paper")
@@ -80,7 +89,7 @@ def plot_training_curves(curves: pd.DataFrame, arms: list[str], x: str, path_ste
     for ax, (metric, label) in zip(axes.flat, CURVES, strict=True):
         drawn = False
         for arm in arms:
-            band = curve_band(curves, arm, metric, x)
+            band = smooth(curve_band(curves, arm, metric, x), SMOOTHING)
             if band.empty:
                 continue
             marker = "o" if len(band) == 1 else None  # a single shared point: a line would not show
@@ -93,12 +102,14 @@ def plot_training_curves(curves: pd.DataFrame, arms: list[str], x: str, path_ste
             ax.set_yticks([])
         elif x == "step":
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        else:
+            ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 120k, not 120000 run into its neighbours
         ax.set_title(label)
         ax.set_xlabel("optimiser step" if x == "step" else "generated tokens")
     handles, labels = next(((h, lab) for h, lab in (a.get_legend_handles_labels() for a in axes.flat) if h), ([], []))
     if handles:
         fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), bbox_to_anchor=(0.5, -0.04))
-    fig.suptitle(f"{title}: mean over seeds, 95% t-interval band")
+    fig.suptitle(f"{title}: mean over seeds, 95% t-interval band (rolling mean over {SMOOTHING} points)")
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     return _save(fig, path_stem)
 

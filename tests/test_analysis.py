@@ -198,3 +198,14 @@ def test_runs_outside_the_sweep_plan_are_left_out(sweep_dir: Path):
     assert sorted(results.evals["run"].unique()) == ["grpo-s0-000000", "miner-s0-000000"]
     assert results.in_progress == ("abl/grpo-s3-000003",)
     assert len(results.not_planned) == 8 - 2
+
+
+def test_smoothing_is_a_centred_rolling_mean():
+    from analysis.figures import smooth
+
+    band = pd.DataFrame({"x": range(6), "mean": [0.0, 3, 0, 3, 0, 3], "low": [0.0] * 6, "high": [6.0] * 6})
+    got = smooth(band, 3)
+    # centred windows: (0+3)/2, (0+3+0)/3, (3+0+3)/3, (0+3+0)/3, (3+0+3)/3, (0+3)/2
+    assert got["mean"].tolist() == pytest.approx([1.5, 1.0, 2.0, 1.0, 2.0, 1.5])
+    assert got["low"].tolist() == [0.0] * 6 and got["high"].tolist() == [6.0] * 6
+    assert smooth(band, 4) is band  # too few points for the window: left as it is
