@@ -143,20 +143,22 @@ def _at_least(algo: Algorithm, name: str, low: float, strict: bool = False, belo
         raise ValueError(f"Algorithm.{name}={value!r} must be {bound}")
 
 
+DAPO = Algorithm(
+    reward="signed",
+    overlong_buffer=0.2,
+    drop_uniform_groups=True,
+    clip_high=0.28,
+    aggregation="token_mean",
+    kl_coef=0.0,
+)
+
 ALGORITHMS: dict[str, Algorithm] = {
     # DeepSeekMath (2402.03300): group z-score, PPO clip 0.2, seq-mean-token-mean, k3 KL beta 0.04
     "grpo": Algorithm(),
     # Dr. GRPO (2503.20783): no std division, constant normaliser (num seqs x max new tokens), no KL
     "dr_grpo": Algorithm(advantage="group_center", aggregation="seq_mean_token_sum_norm", kl_coef=0.0),
     # DAPO (2503.14476): clip-higher, token-mean, dynamic sampling, +-1 rewards, overlong shaping, no KL
-    "dapo": Algorithm(
-        reward="signed",
-        overlong_buffer=0.2,
-        drop_uniform_groups=True,
-        clip_high=0.28,
-        aggregation="token_mean",
-        kl_coef=0.0,
-    ),
+    "dapo": DAPO,
     # REINFORCE++-baseline (2501.03262): group centring, then whitening over the batch's tokens; k2 KL loss
     "reinforce_pp_baseline": Algorithm(advantage="group_center_whiten", kl_coef=0.001, kl_estimator="k2"),
     # GSPO (2507.18071): length-normalised sequence ratio, clip 3e-4 / 4e-4, no KL
@@ -170,15 +172,7 @@ ALGORITHMS: dict[str, Algorithm] = {
     # Cui et al. (2505.22617): |logp - old_logp| penalty (coef 1) on the top 2e-3 tokens by Cov; token-mean, no KL
     "kl_cov": Algorithm(cov_method="kl_cov", aggregation="token_mean", kl_coef=0.0),
     # Wang et al. (2506.01939), "80/20": DAPO with policy gradient only on tokens at or above the 0.8 entropy quantile
-    "high_entropy_mask": Algorithm(
-        reward="signed",
-        overlong_buffer=0.2,
-        drop_uniform_groups=True,
-        clip_high=0.28,
-        aggregation="token_mean",
-        kl_coef=0.0,
-        entropy_mask_quantile=0.8,
-    ),
+    "high_entropy_mask": dataclasses.replace(DAPO, entropy_mask_quantile=0.8),
     # Miner (2601.04731): intrinsic advantage for all-correct groups, focal credit, adaptive calibration;
     # PPO clip 0.2, token-mean, k3 KL 0.001
     "miner": Algorithm(aggregation="token_mean", kl_coef=0.001, intrinsic=True, calibration=True),
