@@ -14,6 +14,9 @@ from sweeps.spec import Shared, shared_settings
 from training.config import PROFILES, RunConfig, apply_overrides
 
 AGGREGATIONS = list(Aggregation.__args__)
+# Steps per run of a sweep when --steps is not given, where it differs from the profile's own: the embedded default's
+# 4 arms x 3 seeds must finish in ten minutes on 2 cores (a single tiny run trains 100 steps, about 100 s).
+SWEEP_STEPS = {"tiny": 40}
 
 
 def add_sweep_args(parser: argparse.ArgumentParser) -> None:
@@ -28,7 +31,7 @@ def add_sweep_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any training config field")
     group.add_argument("--out", help="sweep directory (default: results/<sweep name>)")
     shared = parser.add_argument_group("shared settings (set once for every arm)")
-    shared.add_argument("--steps", type=int)
+    shared.add_argument("--steps", type=int, help="default: the profile's (tiny: 40 in sweeps)")
     shared.add_argument("--lr", type=float)
     shared.add_argument("--group-size", type=int, help="samples per prompt")
     shared.add_argument("--max-new-tokens", type=int)
@@ -60,7 +63,7 @@ def shared_from_args(args: argparse.Namespace, base: RunConfig, reference_preset
         lr=args.lr,
         max_new_tokens=args.max_new_tokens,
         group_size=args.group_size,
-        steps=args.steps,
+        steps=args.steps if args.steps is not None else SWEEP_STEPS.get(args.profile),
         kl_coef=args.kl_coef,
         aggregation=args.aggregation,
     )

@@ -133,7 +133,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     dist: DistConfig = field(default_factory=DistConfig)
-    steps: int = 40  # the embedded default: about a minute on one core (dev avg@n +10 points by step 25)
+    steps: int = 100  # the embedded default: about 100 s on one core (held-out avg@4 27.6% -> 38.8% with GRPO)
     seed: int = 0
     tag: str = ""
     out_dir: str | None = None  # None: results/local/<run_id>
