@@ -151,7 +151,8 @@ def sequence_logp(
             logits_to_keep=width + 1,
             use_cache=False,
         ).logits[:, :-1]
-    logp_BT, entropy_BT = token_logp_and_entropy(logits.float(), tokens_BT[:, :width].to(device), temperature)
+    # the logits as they are: token_logp_and_entropy upcasts one chunk at a time (no float32 copy of a bf16 B x T x V)
+    logp_BT, entropy_BT = token_logp_and_entropy(logits, tokens_BT[:, :width].to(device), temperature)
     mask = mask_BT[:, :width].to(device)
     logp_BT, entropy_BT = logp_BT.masked_fill(~mask, 0.0), entropy_BT.masked_fill(~mask, 0.0)
     return pad_columns(logp_BT, T), pad_columns(entropy_BT, T)
