@@ -2,6 +2,9 @@
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -88,3 +91,22 @@ def test_ensure_builds_once_into_the_cache(tmp_path: Path, capsys: pytest.Captur
     assert ensure_tiny_model(seed=0, cache_dir=tmp_path, recipe=SHORT) == path
     assert (path / BUILD_FILE).stat().st_mtime_ns == built  # found, not rebuilt
     assert str(path) in capsys.readouterr().err  # the location is printed
+
+
+def test_concurrent_first_uses_build_once(tmp_path: Path):
+    """Two processes asking for the same uncached model at once: one builds, the other waits and reuses it."""
+    script = (
+        "import sys; from tests.test_tiny import SHORT; from training.tiny import ensure_tiny_model; "
+        f"print(ensure_tiny_model(seed=0, cache_dir={str(tmp_path)!r}, recipe=SHORT))"
+    )
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    outputs = [process.communicate(timeout=120) for process in processes]
+    assert all(process.returncode == 0 for process in processes), outputs
+    assert outputs[0][0] == outputs[1][0]  # the same folder
+    assert sum("building" in stderr for _, stderr in outputs) == 1

@@ -15,6 +15,7 @@ weights on one machine: seeded init, a seeded data order, seeded sampling and a 
 
 import argparse
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -258,11 +259,15 @@ def tiny_model_dir(seed: int = 0, cache_dir: str | Path | None = None, recipe: R
 def ensure_tiny_model(seed: int = 0, cache_dir: str | Path | None = None, recipe: Recipe = RECIPE) -> Path:
     """The embedded warm-started model folder: built on first use (about 2 CPU minutes), then found in the cache."""
     path = tiny_model_dir(seed, cache_dir, recipe)
-    if (path / BUILD_FILE).is_file():
-        print(f"tiny model: {path}", file=sys.stderr)
-        return path
-    print(f"tiny model: building {path} (about 2 CPU minutes, once)", file=sys.stderr)
-    return build_tiny_model(path, seed, recipe)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # one builder at a time: a second process (parallel sweep runs, test workers) waits, then finds the model built
+    with open(path.parent / f".{path.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (path / BUILD_FILE).is_file():
+            print(f"tiny model: {path}", file=sys.stderr)
+            return path
+        print(f"tiny model: building {path} (about 2 CPU minutes, once)", file=sys.stderr)
+        return build_tiny_model(path, seed, recipe)
 
 
 def main(argv: list[str] | None = None) -> None:
