@@ -49,17 +49,7 @@ def one_update(strategy: str, model_dir: Path) -> tuple[dict[str, torch.Tensor],
         ["12+3\n", "4*56\n"], SamplingParams(n=G, temperature=1.0, max_new_tokens=10, seed=5)
     )
     correct_B = torch.tensor([True, False, False, True, False, True, True, True])
-    batch = StepBatch(
-        problem_B=[p for p in range(P) for _ in range(G)],
-        prompt_ids_B=[ids for ids in out.prompt_ids for _ in range(G)],
-        tokens_BT=out.tokens_BT,
-        mask_BT=out.mask_BT,
-        lengths_B=out.lengths_B,
-        truncated_B=out.truncated_B,
-        correct_B=correct_B,
-        rewards_B=correct_B.float(),
-        texts=out.texts,
-    )
+    batch = StepBatch.from_rollout(out, [p for p in range(P) for _ in range(G)], correct_B, correct_B.float())
     trainer = wrap_model(model, strategy, info, "float32")
     old_logp_BT, entropy_BT = batch_logps(trainer if strategy == "fsdp2" else unwrap(trainer), batch, config, info, 0)
     old_logp_BT = old_logp_BT - 0.05 * batch.mask_BT  # ratios away from 1, so clipping takes part

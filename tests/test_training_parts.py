@@ -141,17 +141,7 @@ def _random_batch(model_dir: Path, P: int, G: int) -> StepBatch:
         [f"{i}+{i}\n" for i in range(P)], SamplingParams(n=G, temperature=1.0, max_new_tokens=10, seed=3)
     )
     correct_B = torch.arange(P * G) % 2 == 0
-    return StepBatch(
-        problem_B=[p for p in range(P) for _ in range(G)],
-        prompt_ids_B=[ids for ids in out.prompt_ids for _ in range(G)],
-        tokens_BT=out.tokens_BT,
-        mask_BT=out.mask_BT,
-        lengths_B=out.lengths_B,
-        truncated_B=out.truncated_B,
-        correct_B=correct_B,
-        rewards_B=correct_B.float(),
-        texts=out.texts,
-    )
+    return StepBatch.from_rollout(out, [p for p in range(P) for _ in range(G)], correct_B, correct_B.float())
 
 
 @pytest.mark.parametrize("preset", ["grpo", "dapo", "dr_grpo"])

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from algorithms import token_logp_and_entropy
+from rollout import Rollout
 
 
 def derive_seed(*parts: int | str) -> int:
@@ -57,6 +58,21 @@ class StepBatch:
         assert self.mask_BT.shape == (B, T) and self.mask_BT.dtype == torch.bool
         assert self.lengths_B.shape == self.truncated_B.shape == self.correct_B.shape == self.rewards_B.shape == (B,)
         assert len(self.problem_B) == len(self.prompt_ids_B) == len(self.texts) == B
+
+    @classmethod
+    def from_rollout(cls, rollout: Rollout, problem_B: list[int], correct_B: Tensor, rewards_B: Tensor) -> "StepBatch":
+        """The rows of ``rollout`` (each prompt's ids repeated for its n samples) with their grades and rewards."""
+        return cls(
+            problem_B=problem_B,
+            prompt_ids_B=[ids for ids in rollout.prompt_ids for _ in range(rollout.n)],
+            tokens_BT=rollout.tokens_BT,
+            mask_BT=rollout.mask_BT,
+            lengths_B=rollout.lengths_B,
+            truncated_B=rollout.truncated_B,
+            correct_B=correct_B,
+            rewards_B=rewards_B,
+            texts=rollout.texts,
+        )
 
     @property
     def size(self) -> int:

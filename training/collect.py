@@ -74,17 +74,7 @@ def collect(
         correct_B = torch.tensor([g.correct for g in grades], dtype=torch.bool)
         rewards_B = shape_rewards(config.algorithm, correct_B, out.lengths_B, config.rollout.max_new_tokens)
         time_grade += time.perf_counter() - start
-        part = StepBatch(
-            problem_B=problem_B,
-            prompt_ids_B=[ids for ids in out.prompt_ids for _ in range(G)],
-            tokens_BT=out.tokens_BT,
-            mask_BT=out.mask_BT,
-            lengths_B=out.lengths_B,
-            truncated_B=out.truncated_B,
-            correct_B=correct_B,
-            rewards_B=rewards_B,
-            texts=out.texts,
-        )
+        part = StepBatch.from_rollout(out, problem_B, correct_B, rewards_B)
         batch = concat(all_gather_objects(part, info), pad_id)
         rounds.append(batch)
         keep_P = group_filter(config.algorithm, batch.rewards_B, G)
