@@ -51,7 +51,7 @@ def verifiable_advantages_BT(algo: Algorithm, rewards_B: Tensor, mask_BT: Tensor
 def advantages_with_metrics(
     algo: Algorithm,
     rewards_B: Tensor,
-    old_logp_BT: Tensor,
+    old_logp_BT: Tensor | None,
     mask_BT: Tensor,
     group_size: int,
     old_entropy_BT: Tensor | None = None,
@@ -62,10 +62,12 @@ def advantages_with_metrics(
     2. Miner (``algo.intrinsic``): homogeneous groups' rows replaced by calibrated intrinsic advantages;
     3. entropy advantage (Cheng et al., 2506.14758 eq. 4; on when ``entropy_adv_alpha`` > 0):
        A_t += min(alpha * H_t, |A_t| / kappa), H_t the old policy's entropy (no gradient flows through it).
-    Float32, no gradient, zero outside ``mask_BT``.
+    Float32, no gradient, zero outside ``mask_BT``. ``old_logp_BT`` / ``old_entropy_BT`` may be None unless
+    ``algo.advantages_read_old_policy`` (Miner reads the log-probs, the entropy advantage the entropies).
     """
-    B, T = old_logp_BT.shape
-    assert mask_BT.shape == (B, T), f"mask_BT must have shape ({B}, {T}), got {tuple(mask_BT.shape)}"
+    B, T = mask_BT.shape
+    if old_logp_BT is not None:
+        assert old_logp_BT.shape == (B, T), f"old_logp_BT must have shape ({B}, {T}), got {tuple(old_logp_BT.shape)}"
     assert rewards_B.shape == (B,), f"rewards_B must have shape ({B},), got {tuple(rewards_B.shape)}"
     if mask_BT.dtype != torch.bool:
         raise ValueError(f"mask_BT must be torch.bool (True = trained on), got {mask_BT.dtype}")
@@ -75,6 +77,8 @@ def advantages_with_metrics(
         verifiable_BT = verifiable_advantages_BT(algo, rewards_B, mask_BT, group_size)
         metrics: dict[str, Tensor] = {}
         if algo.intrinsic:
+            if old_logp_BT is None:
+                raise ValueError("old_logp_BT is required when Algorithm.intrinsic is on (Miner)")
             miner = miner_advantages(algo, rewards_B, old_logp_BT, mask_BT, group_size, verifiable_BT)
             adv_BT, metrics = miner.adv_BT, dict(miner.metrics)
         else:
@@ -94,7 +98,7 @@ def advantages_with_metrics(
 def compute_advantages(
     algo: Algorithm,
     rewards_B: Tensor,
-    old_logp_BT: Tensor,
+    old_logp_BT: Tensor | None,
     mask_BT: Tensor,
     group_size: int,
     old_entropy_BT: Tensor | None = None,

@@ -82,6 +82,12 @@ class Algorithm:
     kl_estimator: KLEstimator = "k3"
     entropy_coef: float = 0.0
 
+    @property
+    def advantages_read_old_policy(self) -> bool:
+        """Do the advantages read the old policy: its log-probs (Miner's intrinsic reward) or its entropies (the
+        entropy advantage)? The other axes need the old policy only in the loss ratio."""
+        return self.intrinsic or self.entropy_adv_alpha > 0
+
     def __post_init__(self) -> None:
         _check_types(self)
         _at_least(self, "overlong_buffer", 0.0, below=1.0)

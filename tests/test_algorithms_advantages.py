@@ -241,3 +241,26 @@ def test_padding_beyond_the_mask_changes_no_advantage(preset: str):
     adv_junk_BT = compute_advantages(algo, rewards_B, junk_logp_BT, mask_BT, G, old_entropy_BT=junk_entropy_BT)
     torch.testing.assert_close(adv_junk_BT, adv_BT, atol=0, rtol=0)
     assert (adv_BT[~mask_BT] == 0).all()
+
+
+# ---------------------------------------------------------------- which advantages read the old policy
+
+
+def test_only_miner_and_the_entropy_advantage_read_the_old_policy():
+    reading = {name for name, algo in ALGORITHMS.items() if algo.advantages_read_old_policy}
+    assert reading == {name for name in ALGORITHMS if name.startswith("miner")} | {"entropy_adv"}
+    assert get_algorithm("miner", intrinsic=False).advantages_read_old_policy is False
+
+
+@pytest.mark.parametrize("preset", [name for name, algo in ALGORITHMS.items() if not algo.advantages_read_old_policy])
+def test_advantages_blind_to_the_old_policy_need_no_old_logp(preset: str):
+    rewards_B = torch.tensor([1.0, 0.0, 1.0, 1.0])
+    mask_BT = torch.tensor([[True, True], [True, False], [True, True], [False, False]])
+    with_logp = compute_advantages(ALGORITHMS[preset], rewards_B, torch.randn(4, 2), mask_BT, 2)
+    torch.testing.assert_close(compute_advantages(ALGORITHMS[preset], rewards_B, None, mask_BT, 2), with_logp)
+
+
+def test_miner_without_old_logp_names_the_culprit():
+    rewards_B, _, mask_BT = miner_batch()
+    with pytest.raises(ValueError, match="old_logp_BT is required"):
+        compute_advantages(get_algorithm("miner"), rewards_B, None, mask_BT, 2)

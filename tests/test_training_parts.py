@@ -24,7 +24,7 @@ from training.checkpoint import (
 from training.config import OptimConfig, RolloutConfig, tiny, with_algorithm
 from training.distributed import init_distributed
 from training.tiny import random_tiny_model
-from training.update import lr_factor, update_policy
+from training.update import lr_factor, old_policy_forward_needed, update_policy
 
 
 @pytest.fixture(scope="module")
@@ -170,6 +170,50 @@ def test_update_is_invariant_to_the_micro_batch_size(model_dir: Path, preset: st
             assert metrics[key] == pytest.approx(results[0][0][key], abs=1e-6), key
         for name, value in weights.items():
             torch.testing.assert_close(value, results[0][1][name], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("preset", ["grpo", "gspo", "kl_cov", "dapo"])
+def test_one_optimiser_step_needs_no_separate_old_policy_forward(model_dir: Path, preset: str):
+    """epochs x mini-batches = 1: the trainer's own detached log-probs as the old policy (old_logp_BT=None) give the
+    weights and metrics of an update against old log-probs from a separate no-grad forward of the same weights."""
+    torch.set_num_threads(1)
+    batch = _random_batch(model_dir, P=2, G=4)
+    info = init_distributed()
+    config = dataclasses.replace(
+        with_algorithm(tiny(), preset, kl_coef=0.0),
+        rollout=RolloutConfig(prompts_per_step=2, group_size=4, max_new_tokens=10),
+        optim=OptimConfig(lr=1e-2, micro_batch_size=3),
+    )
+    assert not old_policy_forward_needed(config)
+    adv_BT = (batch.rewards_B - 0.5)[:, None] * batch.mask_BT
+    results = []
+    for separate in (True, False):
+        model = _load(model_dir)
+        old_logp_BT = None
+        if separate:
+            with torch.no_grad():
+                old_logp_BT, _ = sequence_logp(
+                    model, batch.prompt_ids_B, batch.tokens_BT, batch.mask_BT, 1.0, 0, torch.float32
+                )
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+        metrics = update_policy(model, optimizer, scheduler, batch, old_logp_BT, None, adv_BT, config, info, 1, 0)
+        results.append((metrics, model.state_dict()))
+    (separate_metrics, separate_weights), (own_metrics, own_weights) = results
+    assert own_metrics["policy/clip_frac_high"] == own_metrics["policy/clip_frac_low"] == 0.0
+    for key in ("policy/loss", "optim/grad_norm"):
+        assert own_metrics[key] == pytest.approx(separate_metrics[key], abs=1e-6), key
+    for name, value in own_weights.items():
+        torch.testing.assert_close(value, separate_weights[name], atol=1e-6, rtol=0)
+
+
+def test_the_old_policy_forward_runs_only_when_something_reads_it():
+    base = dataclasses.replace(tiny(), optim=OptimConfig(epochs=1, mini_batches=1))
+    assert not old_policy_forward_needed(with_algorithm(base, "grpo"))
+    assert old_policy_forward_needed(with_algorithm(base, "miner"))  # intrinsic reward from old log-probs
+    assert old_policy_forward_needed(with_algorithm(base, "entropy_adv"))  # advantage from old entropies
+    for optim in (OptimConfig(epochs=2), OptimConfig(mini_batches=2)):  # later optimiser steps: the policy moved
+        assert old_policy_forward_needed(with_algorithm(dataclasses.replace(base, optim=optim), "grpo"))
 
 
 def test_concat_pads_to_the_widest_batch(model_dir: Path):

@@ -51,7 +51,7 @@ from training.distributed import (
     wrap_model,
 )
 from training.evaluation import evaluate_rows, run_meta, select_score
-from training.update import TrainingDiverged, batch_logps, lr_factor, update_policy
+from training.update import TrainingDiverged, batch_logps, lr_factor, old_policy_forward_needed, update_policy
 
 
 class ConfigError(ValueError):
@@ -187,7 +187,9 @@ def _train(config: RunConfig, resume: str, meta: dict[str, Any], info: DistInfo)
         if batch is not None:
             start = time.perf_counter()
             logp_model = unwrap(trainer) if not is_sharded(trainer) else trainer
-            old_logp_BT, old_entropy_BT = batch_logps(logp_model, batch, config, info, pad_id)
+            old_logp_BT = old_entropy_BT = None  # one optimiser step, advantages blind to it: the trainer's own logp
+            if old_policy_forward_needed(config):
+                old_logp_BT, old_entropy_BT = batch_logps(logp_model, batch, config, info, pad_id)
             ref_logp_BT = batch_logps(reference, batch, config, info, pad_id)[0] if reference is not None else None
             advantages = advantages_with_metrics(
                 config.algorithm, batch.rewards_B, old_logp_BT, batch.mask_BT, config.rollout.group_size,

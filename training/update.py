@@ -54,6 +54,17 @@ def micro_batch_invariant(config: RunConfig) -> bool:
     return config.algorithm.cov_method == "none" and config.algorithm.entropy_mask_quantile == 0
 
 
+def old_policy_forward_needed(config: RunConfig) -> bool:
+    """Does the step need the old policy's log-probs from a separate no-grad forward before the update?
+
+    With one optimiser step per batch (epochs x mini-batches = 1) the policy being trained is still the old policy
+    when each micro-batch's loss is computed, so its log-probs are the trainer's own, detached: the ratio is
+    exactly 1 and its gradient that of logp (what verl's actor does on-policy and TRL with num_iterations = 1).
+    Then only advantages that read the old policy (Miner, the entropy advantage) need the extra forward."""
+    one_update = config.optim.epochs * config.optim.mini_batches == 1
+    return not one_update or config.algorithm.advantages_read_old_policy
+
+
 @torch.no_grad()
 def batch_logps(
     model: nn.Module, batch: StepBatch, config: RunConfig, info: DistInfo, pad_id: int
@@ -81,7 +92,7 @@ def update_policy(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     batch: StepBatch,
-    old_logp_BT: Tensor,
+    old_logp_BT: Tensor | None,
     ref_logp_BT: Tensor | None,
     adv_BT: Tensor,
     config: RunConfig,
@@ -90,6 +101,9 @@ def update_policy(
     pad_id: int,
 ) -> dict[str, float]:
     """Run ``epochs x mini_batches`` optimiser steps on the batch; returns policy/* and optim/* metrics.
+
+    ``old_logp_BT`` None means the old policy is the trained one (``old_policy_forward_needed`` is False): each
+    micro-batch's own log-probs, detached, stand in for it.
 
     policy/* are the mini-batch values (micro-batch shares summed over micro-batches and ranks) averaged over the
     optimiser steps; optim/grad_norm is the pre-clipping global norm, averaged likewise; optim/lr the last lr used.
@@ -122,10 +136,11 @@ def update_policy(
                         trainer, sub.prompt_ids_B, sub.tokens_BT, sub.mask_BT, config.rollout.temperature, pad_id, dtype
                     )
                     device = logp_BT.device
+                    old_BT = logp_BT.detach() if old_logp_BT is None else old_logp_BT[micro, :width].to(device)
                     out = policy_loss(
                         config.algorithm,
                         logp_BT,
-                        old_logp_BT[micro, :width].to(device),
+                        old_BT,
                         adv_BT[micro, :width].to(device),
                         sub.mask_BT.to(device),
                         norm,
