@@ -35,18 +35,18 @@ PROMPTS, GROUP, LR = 16, 8, 1e-4
 
 def resolve_model(name: str, scratch: Path) -> Path:
     """The model folder: the embedded warm-started model, a random tiny one, or a given folder."""
-    from training import tiny
+    from training.tiny import ensure_tiny_model, random_tiny_model
 
     match name:
         case "embedded":
-            return tiny.ensure_tiny_model()
+            return ensure_tiny_model()
         case "random":
-            return tiny.random_tiny_model(scratch / "random_tiny", seed=0)
+            return random_tiny_model(scratch / "random_tiny", seed=0)
         case _:
             return Path(name)
 
 
-def run_ours(model_dir: Path, out_dir: Path, steps: int, max_new_tokens: int, threads: int, micro_batch: int) -> dict:
+def run_ours(model_dir: Path, out_dir: Path, args: argparse.Namespace) -> dict:
     """Train ``steps`` steps through ``training.train.train``; per-step wall times from ``metrics.jsonl``."""
     from training.config import apply_overrides, tiny
     from training.train import train
@@ -57,13 +57,15 @@ def run_ours(model_dir: Path, out_dir: Path, steps: int, max_new_tokens: int, th
         "data.train": "tiny",
         "rollout.prompts_per_step": PROMPTS,
         "rollout.group_size": GROUP,
-        "rollout.max_new_tokens": max_new_tokens,
+        "rollout.max_new_tokens": args.max_new_tokens,
         "rollout.temperature": 1.0,
         "rollout.top_p": 1.0,
         "rollout.grade_workers": 2,
         "algorithm.kl_coef": 0.0,
         "optim.lr": LR,
-        "optim.micro_batch_size": micro_batch,
+        "optim.micro_batch_size": args.micro_batch,
+        "model.compute_dtype": args.dtype,
+        "model.attention": args.attention,
         "eval.every": 0,
         "eval.test": "tiny_add",
         "eval.n": 1,
@@ -71,8 +73,8 @@ def run_ours(model_dir: Path, out_dir: Path, steps: int, max_new_tokens: int, th
         "logging.samples_every": 0,
         "logging.checkpoint_every": 1_000_000,
         "logging.progress_bar": False,
-        "steps": steps,
-        "cpu_threads": threads,
+        "steps": args.steps,
+        "cpu_threads": args.threads,
         "out_dir": str(out_dir),
     }
     config = apply_overrides(tiny(), [f"--{key}={json.dumps(value)}" for key, value in overrides.items()])
@@ -88,7 +90,7 @@ def run_ours(model_dir: Path, out_dir: Path, steps: int, max_new_tokens: int, th
     }
 
 
-def run_trl(model_dir: Path, out_dir: Path, steps: int, max_new_tokens: int, threads: int, micro_batch: int) -> dict:
+def run_trl(model_dir: Path, out_dir: Path, args: argparse.Namespace) -> dict:
     """Train ``steps`` steps of TRL's GRPOTrainer configured as ours; per-step wall times from a callback."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -96,7 +98,7 @@ def run_trl(model_dir: Path, out_dir: Path, steps: int, max_new_tokens: int, thr
 
     from evals import grade_many, load_benchmark, render_prompt, resolve_benchmarks
 
-    torch.set_num_threads(threads)
+    torch.set_num_threads(args.threads)
     problems = [p for name in resolve_benchmarks("tiny") for p in load_benchmark(name, split="train")]
     dataset = Dataset.from_list([{"prompt": render_prompt("tiny", p), "answer": p.answer} for p in problems])
     tokens, acc = [], []
@@ -113,14 +115,14 @@ def run_trl(model_dir: Path, out_dir: Path, steps: int, max_new_tokens: int, thr
         def on_step_end(self, args, state, control, **kwargs):
             ends.append(time.time())
 
-    args = GRPOConfig(
+    trl_args = GRPOConfig(
         output_dir=str(out_dir),
         use_cpu=True,
         report_to="none",
         per_device_train_batch_size=PROMPTS * GROUP,  # counts completions: 16 prompts x 8
         gradient_accumulation_steps=1,
         num_generations=GROUP,
-        max_completion_length=max_new_tokens,
+        max_completion_length=args.max_new_tokens,
         temperature=1.0,
         top_p=1.0,
         top_k=0,
@@ -138,19 +140,20 @@ def run_trl(model_dir: Path, out_dir: Path, steps: int, max_new_tokens: int, thr
         scale_rewards="group",
         num_iterations=1,
         gradient_checkpointing=False,
-        max_steps=steps,
+        max_steps=args.steps,
         save_strategy="no",
-        logging_steps=steps,
+        logging_steps=args.steps,
+        bf16=args.dtype == "bfloat16",  # autocast, float32 master weights: as our compute_dtype
         disable_tqdm=True,
         dataloader_num_workers=0,
         seed=0,
     )
     tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=args.attention)
     trainer = GRPOTrainer(
         model=model,
         reward_funcs=correctness,
-        args=args,
+        args=trl_args,
         train_dataset=dataset,
         processing_class=tokenizer,
         callbacks=[StepTimes()],
@@ -174,7 +177,7 @@ def run_side(side: str, model_dir: Path, out_dir: Path, args: argparse.Namespace
     out_dir.mkdir(parents=True)
     command = [sys.executable, __file__, "--run-side", side, "--model", str(model_dir), "--steps", str(args.steps)]
     command += ["--max-new-tokens", str(args.max_new_tokens), "--threads", str(args.threads)]
-    command += ["--micro-batch", str(args.micro_batch)]
+    command += ["--micro-batch", str(args.micro_batch), "--dtype", args.dtype, "--attention", args.attention]
     command += ["--out", str(out_dir / "run.json")]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
     done = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -192,6 +195,8 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--micro-batch", type=int, default=32, help="ours: rows per forward/backward (its default)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="matmul dtype, both sides")
+    parser.add_argument("--attention", default="sdpa", choices=["sdpa", "eager"], help="attention kernel, both sides")
     parser.add_argument("--sides", default="ours,trl", help="comma list: ours, trl")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "step.json"))
     parser.add_argument("--run-side", choices=["ours", "trl"], help=argparse.SUPPRESS)  # internal: one side's run
@@ -200,9 +205,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
         with tempfile.TemporaryDirectory() as scratch:
             run = {"ours": run_ours, "trl": run_trl}[args.run_side]
-            result = run(
-                Path(args.model), Path(scratch) / "run", args.steps, args.max_new_tokens, args.threads, args.micro_batch
-            )
+            result = run(Path(args.model), Path(scratch) / "run", args)
         Path(args.out).write_text(json.dumps(result))
         return
     if not 1 <= args.warmup < args.steps - 1:

@@ -48,7 +48,8 @@ def one_update(strategy: str, model_dir: Path) -> tuple[dict[str, torch.Tensor],
     out = TransformersEngine(model, tokenizer).generate(
         ["12+3\n", "4*56\n"], SamplingParams(n=G, temperature=1.0, max_new_tokens=10, seed=5)
     )
-    correct_B = torch.tensor([True, False, False, True, False, True, True, True])
+    # the second group is all correct: its rows get a forward only (zero advantage), 1-3 per mini-batch and rank
+    correct_B = torch.tensor([True, False, False, True, True, True, True, True])
     batch = StepBatch.from_rollout(out, [p for p in range(P) for _ in range(G)], correct_B, correct_B.float())
     trainer = wrap_model(model, strategy, info, "float32")
     old_logp_BT, entropy_BT = batch_logps(trainer if strategy == "fsdp2" else unwrap(trainer), batch, config, info, 0)

@@ -10,6 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from algorithms import compute_advantages
 from rollout import SamplingParams, TransformersEngine
 from training import runlog
 from training.batch import StepBatch, concat, data_indices, derive_seed, sequence_logp
@@ -24,7 +25,13 @@ from training.checkpoint import (
 from training.config import OptimConfig, RolloutConfig, tiny, with_algorithm
 from training.distributed import init_distributed
 from training.tiny import random_tiny_model
-from training.update import lr_factor, old_policy_forward_needed, update_policy
+from training.update import (
+    lr_factor,
+    old_policy_forward_needed,
+    split_by_advantage,
+    update_policy,
+    zero_advantage_rows_skip_backward,
+)
 
 
 @pytest.fixture(scope="module")
@@ -214,6 +221,60 @@ def test_the_old_policy_forward_runs_only_when_something_reads_it():
     assert old_policy_forward_needed(with_algorithm(base, "entropy_adv"))  # advantage from old entropies
     for optim in (OptimConfig(epochs=2), OptimConfig(mini_batches=2)):  # later optimiser steps: the policy moved
         assert old_policy_forward_needed(with_algorithm(dataclasses.replace(base, optim=optim), "grpo"))
+
+
+def test_split_by_advantage_by_hand():
+    adv_BT = torch.tensor([[0.0, 0.0], [0.5, 0.0], [0.0, 0.0], [0.0, -1.0], [0.0, 0.0], [0.0, 2.0]])
+    mask_BT = torch.tensor([[True, True], [True, True], [True, True], [True, True], [True, True], [True, False]])
+    rows = [0, 1, 2, 3, 4, 5]  # live: 1 and 3 (row 5's non-zero advantage is beyond its mask)
+    assert split_by_advantage(rows, adv_BT, mask_BT, 1) == ([1, 3], [0, 2, 4, 5])
+    assert split_by_advantage([5, 4, 3, 2, 1, 0], adv_BT, mask_BT, 2) == ([3, 1], [5, 4, 2, 0])
+    assert split_by_advantage(rows[:3], adv_BT, mask_BT, 2) == ([1, 0], [2])  # 1 live row, one moved over
+    assert split_by_advantage([0, 2, 4, 5], adv_BT, mask_BT, 2) == ([0, 2], [4, 5])  # none live: one per rank
+
+
+@pytest.mark.parametrize(("preset", "uniform_groups"), [("dr_grpo", 2), ("gspo", 2), ("dapo", 2), ("dr_grpo", 4)])
+def test_zero_advantage_rows_skip_the_backward_exactly(model_dir: Path, preset: str, uniform_groups: int):
+    """Rows with zero advantage get a forward only: the same weights and metrics as with their backward, with some
+    groups uniform and with all of them uniform. SGD with momentum after a first all-mixed step: linear in the
+    gradients, and a zero gradient moves the weights by the momentum where a missing one would not."""
+    torch.set_num_threads(1)
+    mixed = batch = _random_batch(model_dir, P=4, G=2)
+    correct_B = torch.tensor([True, False, True, False, True, True, False, False])[: 8 if uniform_groups == 2 else 0]
+    if uniform_groups == 4:
+        correct_B = torch.tensor([True, True, False, False, True, True, False, False])
+    batch = dataclasses.replace(batch, correct_B=correct_B, rewards_B=correct_B.float())
+    info = init_distributed()
+    results = []
+    for skip in (True, False):
+        config = dataclasses.replace(
+            with_algorithm(tiny(), preset, kl_coef=0.0),
+            rollout=RolloutConfig(prompts_per_step=4, group_size=2, max_new_tokens=10),
+            optim=OptimConfig(lr=1e-2, micro_batch_size=3, skip_zero_advantage_backward=skip),
+        )
+        assert zero_advantage_rows_skip_backward(config) is skip
+        model = _load(model_dir)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+        adv_BT = compute_advantages(config.algorithm, mixed.rewards_B, None, mixed.mask_BT, 2)
+        update_policy(model, optimizer, scheduler, mixed, None, None, adv_BT, config, info, 1, 0)
+        adv_BT = compute_advantages(config.algorithm, batch.rewards_B, None, batch.mask_BT, 2)
+        assert (adv_BT == 0).all(-1).sum() == 2 * uniform_groups
+        metrics = update_policy(model, optimizer, scheduler, batch, None, None, adv_BT, config, info, 2, 0)
+        results.append((metrics, model.state_dict()))
+    (skip_metrics, skip_weights), (full_metrics, full_weights) = results
+    assert skip_metrics.keys() == full_metrics.keys()
+    for key, value in full_metrics.items():
+        assert skip_metrics[key] == pytest.approx(value, abs=1e-6), key
+    for name, value in full_weights.items():
+        torch.testing.assert_close(skip_weights[name], value, atol=1e-6, rtol=0)
+
+
+def test_zero_advantage_backward_is_kept_where_those_rows_have_a_gradient():
+    assert zero_advantage_rows_skip_backward(with_algorithm(tiny(), "dr_grpo"))
+    assert not zero_advantage_rows_skip_backward(with_algorithm(tiny(), "grpo"))  # KL to the reference: beta 0.04
+    assert not zero_advantage_rows_skip_backward(with_algorithm(tiny(), "entropy_bonus", kl_coef=0.0))
+    assert not zero_advantage_rows_skip_backward(with_algorithm(tiny(), "clip_cov"))  # micro-batch statistics
 
 
 def test_concat_pads_to_the_widest_batch(model_dir: Path):

@@ -154,9 +154,7 @@ def sequence_logp(
     attention[:, prompt_len:] = mask_BT[:, :width].long()
     position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
     autocast = (
-        torch.autocast(device.type, dtype=compute_dtype)
-        if compute_dtype != torch.float32 and device.type == "cuda"
-        else contextlib.nullcontext()
+        torch.autocast(device.type, dtype=compute_dtype) if compute_dtype != torch.float32 else contextlib.nullcontext()
     )
     with autocast:
         # logits at positions prompt_len-1 .. prompt_len+width-2 predict the response tokens

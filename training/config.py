@@ -19,6 +19,7 @@ Engine = Literal["transformers", "vllm"]
 Strategy = Literal["ddp", "fsdp2"]
 Schedule = Literal["constant", "cosine"]
 DType = Literal["float32", "bfloat16"]
+Attention = Literal["sdpa", "eager"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class ModelConfig:
         None  # prompt template of evals.render_prompt; None: "tiny" if path is None else "base_boxed"
     )
     compute_dtype: DType = "float32"  # parameters and optimiser state stay float32; this is the matmul dtype
+    attention: Attention = "sdpa"  # the trainer's attention kernel (transformers' attn_implementation)
     gradient_checkpointing: bool = False
 
     @property
@@ -81,6 +83,7 @@ class OptimConfig:
     epochs: int = 1  # passes over each step's batch (PPO epochs)
     mini_batches: int = 1  # optimiser steps per epoch
     micro_batch_size: int = 32  # rows per forward/backward on one rank
+    skip_zero_advantage_backward: bool = True  # rows with A = 0 on every token: forward only, when that is exact
 
 
 @dataclass(frozen=True)

@@ -99,7 +99,7 @@ def _train(config: RunConfig, resume: str, meta: dict[str, Any], info: DistInfo)
         model_dir = ensure_tiny_model()
     tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    policy = _load_model(checkpoint or model_dir, info)
+    policy = _load_model(checkpoint or model_dir, info, config.model.attention)
     if config.model.gradient_checkpointing:
         policy.gradient_checkpointing_enable()
     trainer = wrap_model(policy, config.dist.strategy, info, config.model.compute_dtype)
@@ -121,14 +121,14 @@ def _train(config: RunConfig, resume: str, meta: dict[str, Any], info: DistInfo)
         state = TrainerState(0, 0, 0, 0, None, None, 0.0, info.world_size)
     reference = None
     if config.algorithm.kl_coef > 0:  # a frozen copy of the initial model (never the checkpoint's weights)
-        reference = _load_model(model_dir, info).eval().requires_grad_(False)
+        reference = _load_model(model_dir, info, config.model.attention).eval().requires_grad_(False)
         reference = wrap_frozen(reference, config.dist.strategy, info, config.model.compute_dtype)
     # An FSDP2 module cannot generate (ranks would run different numbers of forward passes, each a collective),
     # so the transformers engine samples from an unsharded copy refreshed after every update; DDP's module is
     # already whole. vLLM holds its own copy and gathers the shards itself in sync_weights.
     generator_model = unwrap(trainer)
     if is_sharded(trainer) and config.rollout.engine == "transformers":
-        generator_model = _load_model(checkpoint or model_dir, info)
+        generator_model = _load_model(checkpoint or model_dir, info, config.model.attention)
     engine = _make_engine(config, checkpoint or model_dir, generator_model, tokenizer, info)
 
     # --- data -----------------------------------------------------------------------------------------------
@@ -242,7 +242,7 @@ def _train(config: RunConfig, resume: str, meta: dict[str, Any], info: DistInfo)
     if info.is_main:
         test_engine = engine
         if best_step != state.step:
-            best = _load_model(best_checkpoint(run_dir), info)
+            best = _load_model(best_checkpoint(run_dir), info, config.model.attention)
             test_engine = TransformersEngine(best, tokenizer) if config.rollout.engine == "transformers" else engine
             if test_engine is engine:
                 engine.sync_weights(best)
@@ -264,9 +264,9 @@ def _train(config: RunConfig, resume: str, meta: dict[str, Any], info: DistInfo)
     return run_dir
 
 
-def _load_model(path: Path, info: DistInfo) -> torch.nn.Module:
+def _load_model(path: Path, info: DistInfo, attention: str) -> torch.nn.Module:
     """A float32 copy of the HF model at ``path`` on this rank's device (parameters are the master weights)."""
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation=attention)
     return model.to(info.device)
 
 

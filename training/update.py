@@ -54,6 +54,32 @@ def micro_batch_invariant(config: RunConfig) -> bool:
     return config.algorithm.cov_method == "none" and config.algorithm.entropy_mask_quantile == 0
 
 
+def zero_advantage_rows_skip_backward(config: RunConfig) -> bool:
+    """May rows whose advantage is zero on every token skip the backward? Their gradient is exactly zero when the
+    advantage-weighted surrogate is the only per-token term (no KL to the reference, no entropy bonus) and a row's
+    loss does not depend on which rows share its micro-batch (``micro_batch_invariant``). They still get a no-grad
+    forward: their (zero) loss terms and their metrics (entropy, clip fractions) count as before."""
+    algo = config.algorithm
+    exact = algo.kl_coef == 0 and algo.entropy_coef == 0 and micro_batch_invariant(config)
+    return config.optim.skip_zero_advantage_backward and exact
+
+
+def split_by_advantage(
+    rows: list[int], adv_BT: Tensor, mask_BT: Tensor, world_size: int
+) -> tuple[list[int], list[int]]:
+    """(backward rows, forward-only rows): rows with a non-zero advantage on some trained token, then the others.
+
+    Forward-only rows move over (in order) until the backward count is a positive multiple of ``world_size``: every
+    rank then runs as many forwards and backwards as the others (FSDP2 and DDP collectives), and a step with no
+    non-zero advantage still ends with zero gradients, not missing ones (AdamW skips a parameter without a
+    gradient but moves one with a zero gradient by its momentum)."""
+    live_B = ((adv_BT[rows] != 0) & mask_BT[rows]).any(dim=-1).tolist()
+    backward = [r for r, live in zip(rows, live_B, strict=True) if live]
+    forward_only = [r for r, live in zip(rows, live_B, strict=True) if not live]
+    move = (-len(backward)) % world_size or (world_size if not backward else 0)
+    return backward + forward_only[:move], forward_only[move:]
+
+
 def old_policy_forward_needed(config: RunConfig) -> bool:
     """Does the step need the old policy's log-probs from a separate no-grad forward before the update?
 
@@ -124,14 +150,23 @@ def update_policy(
             rows = order[mini * rows_per_mini_batch : (mini + 1) * rows_per_mini_batch]
             norm = Normalizers.count(batch.mask_BT[rows], config.rollout.max_new_tokens)
             generator = torch.Generator().manual_seed(derive_seed(config.seed, step, epoch, mini, info.rank))
-            mine = rank_share(rows, info)
-            mine = longest_first(mine, batch) if micro_batch_invariant(config) else mine
-            parts = micro_batches(mine, config.optim.micro_batch_size)
+            backward_rows, forward_rows = (
+                split_by_advantage(rows, adv_BT, batch.mask_BT, info.world_size)
+                if zero_advantage_rows_skip_backward(config)
+                else (rows, [])
+            )
+            parts = []
+            for share, backward in ((backward_rows, True), (forward_rows, False)):
+                mine = rank_share(share, info)
+                mine = longest_first(mine, batch) if micro_batch_invariant(config) else mine
+                parts += [(micro, backward) for micro in micro_batches(mine, config.optim.micro_batch_size)]
+            last_backward = sum(backward for _, backward in parts) - 1
             sums: dict[str, float] = defaultdict(float)
-            for index, micro in enumerate(parts):
+            for index, (micro, backward) in enumerate(parts):
                 sub = batch.select(micro)
                 width = sub.tokens_BT.shape[1]
-                with gradient_sync(trainer, enabled=index == len(parts) - 1):
+                sync = gradient_sync(trainer, enabled=index == last_backward)
+                with sync, torch.set_grad_enabled(backward):
                     logp_BT, entropy_BT = sequence_logp(
                         trainer, sub.prompt_ids_B, sub.tokens_BT, sub.mask_BT, config.rollout.temperature, pad_id, dtype
                     )
@@ -151,7 +186,8 @@ def update_policy(
                     loss = out.loss
                     if config.fault_nan_at_step == step:  # testing only: a loss that has become NaN
                         loss = loss * float("nan")
-                    (loss * loss_scale(info)).backward()
+                    if backward:
+                        (loss * loss_scale(info)).backward()
                 sums["policy/loss"] += loss.item()
                 for key, value in out.metrics.items():
                     sums[f"policy/{key}"] += value.item()
