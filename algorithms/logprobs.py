@@ -10,52 +10,63 @@ Autograd on the plain formula would keep log_softmax, softmax and their products
 alive until backward; this custom Function keeps only the logits (which exist anyway) and two B x T floats.
 """
 
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor
 
 CHUNK_ELEMENTS = 1 << 22  # ~4M floats (16 MB in float32) of logits per chunk
 
 
+def _blocks(B: int, T: int, chunk_positions: int) -> Iterator[tuple[slice, slice]]:
+    """(rows, columns) blocks of at most ``chunk_positions`` positions covering B x T: whole rows together when a
+    row fits (a small vocabulary: few blocks, few kernel launches), else column chunks of one row."""
+    if chunk_positions >= T:
+        rows = chunk_positions // T
+        for b in range(0, B, rows):
+            yield slice(b, min(b + rows, B)), slice(0, T)
+    else:
+        for b in range(B):
+            for t in range(0, T, chunk_positions):
+                yield slice(b, b + 1), slice(t, min(t + chunk_positions, T))
+
+
 class _TokenLogpEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits_BTV: Tensor, tokens_BT: Tensor, temperature: float, chunk_rows: int):
+    def forward(ctx, logits_BTV: Tensor, tokens_BT: Tensor, temperature: float, chunk_positions: int):
         B, T, _ = logits_BTV.shape
         dtype = torch.promote_types(logits_BTV.dtype, torch.float32)
         logp_BT = torch.empty(B, T, dtype=dtype, device=logits_BTV.device)
         entropy_BT = torch.empty_like(logp_BT)
         lse_BT = torch.empty_like(logp_BT)
-        for b in range(B):
-            for start in range(0, T, chunk_rows):
-                stop = min(start + chunk_rows, T)
-                z_CV = logits_BTV[b, start:stop].to(dtype) / temperature  # a fresh buffer, edited in place below
-                lse_C = torch.logsumexp(z_CV, dim=-1)
-                logp_BT[b, start:stop] = z_CV.gather(-1, tokens_BT[b, start:stop, None]).squeeze(-1) - lse_C
-                z_CV.sub_(lse_C[:, None])  # now log p
-                entropy_BT[b, start:stop] = -(z_CV.exp() * z_CV).sum(dim=-1)
-                lse_BT[b, start:stop] = lse_C
+        for rows, cols in _blocks(B, T, chunk_positions):
+            z_RCV = logits_BTV[rows, cols].to(dtype) / temperature  # a fresh buffer, edited in place below
+            lse_RC = torch.logsumexp(z_RCV, dim=-1)
+            logp_BT[rows, cols] = z_RCV.gather(-1, tokens_BT[rows, cols, None]).squeeze(-1) - lse_RC
+            z_RCV.sub_(lse_RC[..., None])  # now log p
+            entropy_BT[rows, cols] = -(z_RCV.exp() * z_RCV).sum(dim=-1)
+            lse_BT[rows, cols] = lse_RC
         ctx.save_for_backward(logits_BTV, tokens_BT, lse_BT, entropy_BT)
-        ctx.temperature, ctx.chunk_rows = temperature, chunk_rows
+        ctx.temperature, ctx.chunk_positions = temperature, chunk_positions
         return logp_BT, entropy_BT
 
     @staticmethod
     def backward(ctx, grad_logp_BT: Tensor | None, grad_entropy_BT: Tensor | None):
         logits_BTV, tokens_BT, lse_BT, entropy_BT = ctx.saved_tensors
         B, T, V = logits_BTV.shape
-        temperature, chunk_rows = ctx.temperature, ctx.chunk_rows
+        temperature, chunk_positions = ctx.temperature, ctx.chunk_positions
         grad_logp_BT = torch.zeros_like(lse_BT) if grad_logp_BT is None else grad_logp_BT
         grad_entropy_BT = torch.zeros_like(lse_BT) if grad_entropy_BT is None else grad_entropy_BT
         grad_BTV = torch.empty(B, T, V, dtype=logits_BTV.dtype, device=logits_BTV.device)
-        for b in range(B):
-            for start in range(0, T, chunk_rows):
-                stop = min(start + chunk_rows, T)
-                g_C1 = grad_logp_BT[b, start:stop, None].to(lse_BT.dtype)
-                h_C1 = grad_entropy_BT[b, start:stop, None].to(lse_BT.dtype)
-                x_CV = logits_BTV[b, start:stop].to(lse_BT.dtype) / temperature
-                x_CV.sub_(lse_BT[b, start:stop, None])  # log p
-                p_CV = x_CV.exp()
-                x_CV.add_(entropy_BT[b, start:stop, None]).mul_(-h_C1).sub_(g_C1).mul_(p_CV)  # -p (g + h (log p + H))
-                x_CV.scatter_add_(-1, tokens_BT[b, start:stop, None], g_C1)  # + g at the sampled token
-                grad_BTV[b, start:stop] = x_CV.div_(temperature)
+        for rows, cols in _blocks(B, T, chunk_positions):
+            g_RC1 = grad_logp_BT[rows, cols, None].to(lse_BT.dtype)
+            h_RC1 = grad_entropy_BT[rows, cols, None].to(lse_BT.dtype)
+            x_RCV = logits_BTV[rows, cols].to(lse_BT.dtype) / temperature
+            x_RCV.sub_(lse_BT[rows, cols, None])  # log p
+            p_RCV = x_RCV.exp()
+            x_RCV.add_(entropy_BT[rows, cols, None]).mul_(-h_RC1).sub_(g_RC1).mul_(p_RCV)  # -p (g + h (log p + H))
+            x_RCV.scatter_add_(-1, tokens_BT[rows, cols, None], g_RC1)  # + g at the sampled token
+            grad_BTV[rows, cols] = x_RCV.div_(temperature)
         return grad_BTV, None, None, None
 
 
@@ -70,6 +81,6 @@ def token_logp_and_entropy(logits_BTV: Tensor, tokens_BT: Tensor, temperature: f
     assert tokens_BT.shape == (B, T), f"tokens_BT must have shape ({B}, {T}), got {tuple(tokens_BT.shape)}"
     if not temperature > 0:
         raise ValueError(f"temperature={temperature} must be > 0")
-    chunk_rows = max(1, min(T, CHUNK_ELEMENTS // max(V, 1)))
-    logp_BT, entropy_BT = _TokenLogpEntropy.apply(logits_BTV, tokens_BT.long(), float(temperature), chunk_rows)
+    chunk_positions = max(1, CHUNK_ELEMENTS // max(V, 1))
+    logp_BT, entropy_BT = _TokenLogpEntropy.apply(logits_BTV, tokens_BT.long(), float(temperature), chunk_positions)
     return logp_BT, entropy_BT

@@ -33,7 +33,8 @@ def test_two_token_distribution_by_hand():
 
 @pytest.mark.parametrize(
     "shape, temperature",
-    [((2, 5, 7), 1.0), ((2, 5, 7), 0.6), ((3, 4, 1000), 1.3), ((1, 1500, 3000), 0.6)],  # the last: two chunks
+    # (1, 1500, 3000): one row in two column chunks; (5, 300, 5000): row blocks of 2, 2 and 1 (838 positions each)
+    [((2, 5, 7), 1.0), ((2, 5, 7), 0.6), ((3, 4, 1000), 1.3), ((1, 1500, 3000), 0.6), ((5, 300, 5000), 1.0)],
 )
 def test_values_and_gradients_match_float64_reference(shape: tuple[int, int, int], temperature: float):
     B, T, V = shape
