@@ -1,8 +1,8 @@
 """Share of a training step's wall time spent in ``algorithms/`` code, on the embedded tiny model and the tiny profile.
 
 The step is driven through the functions ``training/train.py`` calls, in its order (``collect`` -> ``batch_logps``
-for the policy and the reference -> ``advantages_with_metrics`` -> ``update_policy``), under ``cProfile``; the
-first ``--warmup`` steps are skipped. What counts as algorithms/ code:
+for the old policy where needed and the reference -> ``advantages_with_metrics`` -> ``update_policy``), under
+``cProfile``; the first ``--warmup`` steps are skipped. What counts as algorithms/ code:
 
 * core (the goal, <= 2%): ``shape_rewards`` and ``group_filter`` (inside ``collect``), ``advantages_with_metrics``,
   ``Normalizers.count`` and ``policy_loss`` (their cumulative time, so everything they call: aggregate, clipping,
@@ -96,7 +96,7 @@ def main() -> None:
     from training.config import tiny
     from training.distributed import init_distributed
     from training.tiny import ensure_tiny_model
-    from training.update import batch_logps, update_policy
+    from training.update import batch_logps, old_policy_forward_needed, update_policy
 
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True, warn_only=True)  # as training.train does
@@ -124,7 +124,9 @@ def main() -> None:
         profile.enable()
         collected = collect(engine, problems, prompts, config, step, position, info, pad_id)
         batch = collected.batch
-        old_logp_BT, entropy_BT = batch_logps(policy, batch, config, info, pad_id)
+        old_logp_BT = entropy_BT = None  # as training/train.py: the old policy's forward only where it is read
+        if old_policy_forward_needed(config):
+            old_logp_BT, entropy_BT = batch_logps(policy, batch, config, info, pad_id)
         ref_logp_BT = batch_logps(reference, batch, config, info, pad_id)[0] if reference is not None else None
         advantages = advantages_with_metrics(
             config.algorithm, batch.rewards_B, old_logp_BT, batch.mask_BT, config.rollout.group_size,
@@ -137,6 +139,8 @@ def main() -> None:
         step_s = time.perf_counter() - start
         position = collected.data_position
         core = function_times(profile, CORE)
+        if old_logp_BT is None:  # the replay needs realistic log-probs: the updated policy's, outside the timing
+            old_logp_BT, entropy_BT = batch_logps(policy, batch, config, info, pad_id)
         core["policy_loss (backward, replayed)"] = loss_backward_seconds(
             config, batch, old_logp_BT, ref_logp_BT, advantages.adv_BT, entropy_BT
         )
