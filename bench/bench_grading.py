@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from evals import grade_many, load_benchmark
-from evals.grading import clear_cache, extract_boxed, normalize_answer, verify_many
+from evals.grading import clear_cache, extract_boxed, fast_verdict, normalize_answer, verify_many
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES_PER_PROBLEM = 16
@@ -138,11 +138,28 @@ def main() -> None:
         ("math-verify loop (peer)", peer_s),
         (f"grade_many, {args.workers} workers", ours_s),
     ]
+    keys = {}  # normalised (answer, gold) -> responses, for where the verdicts came from (after the timing)
+    for response, gold in pairs:
+        if (extracted := extract_boxed(response)) is not None:
+            key = (normalize_answer(extracted), normalize_answer(gold))
+            keys[key] = keys.get(key, 0) + 1
+    fast = {key: fast_verdict(*key) for key in keys}
+    sources = {
+        name: {
+            "distinct_pairs": sum(fast[k] is v for k in keys),
+            "responses": sum(n for k, n in keys.items() if fast[k] is v),
+        }
+        for name, v in (("fast_true", True), ("fast_false", False), ("math_verify", None))
+    }
     print(f"{len(pairs)} responses, {len({(extract_boxed(r), g) for r, g in pairs})} distinct (answer, gold) pairs")
+    print(
+        f"{len(keys)} distinct normalised pairs: " + ", ".join(f"{v['distinct_pairs']} {k}" for k, v in sources.items())
+    )
     print(f"{'grader (same responses)':<28}{'time s':>10}{'responses/s':>14}{'ratio':>8}")
     for name, seconds in rows:
         print(f"{name:<28}{seconds:>10.2f}{len(pairs) / seconds:>14.0f}{peer_s / seconds:>8.1f}x")
     print(f"verdict agreement: {agree_all:.4f} of all, {agree_boxed:.4f} of boxed responses ({len(mismatches)} differ)")
+    print(f"load average (1, 5, 15 min) before {load_before}, after {[round(x, 2) for x in os.getloadavg()]}")
     result = {
         "responses": len(pairs),
         "workers": args.workers,
@@ -156,6 +173,7 @@ def main() -> None:
         "agreement_boxed": agree_boxed,
         "accuracy_ours": sum(g.correct for g in ours) / len(ours),
         "statuses": {s: sum(g.status == s for g in ours) for s in ("ok", "no_answer", "parse_error", "timeout")},
+        "verdict_sources": sources,  # fast_true / fast_false: decided in the parent; math_verify: sent to the workers
         "mismatches_boxed": mismatches[:20],
         "load_average_before": load_before,
         "load_average_after": [round(x, 2) for x in os.getloadavg()],

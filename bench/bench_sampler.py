@@ -1,13 +1,20 @@
-"""Generation throughput: the rollout engine's sampling loop against ``model.generate`` on the same batch.
+"""Generation throughput: the rollout engine's sampling loop (lean and HF decode steps) against ``model.generate``.
 
-    python bench/bench_sampler.py [--model DIR] [--prompts 16] [--n 8] [--max-new-tokens 64] [--repeats 5]
+    python bench/bench_sampler.py [--model embedded|DIR] [--prompts 16] [--n 8] [--max-new-tokens 64] [--repeats 5]
+                                  [--threads 2] [--out bench/results/sampler.json]
 
-Without ``--model`` a random tiny Qwen3 (0.8 M parameters, character vocabulary) is built in a temporary folder.
-Prompts are tiny-task problems; both samplers draw n completions per prompt at temperature 1, top-p 1 (top-k off),
-stop at EOS. Prints generated tokens per second of each (median over repeats, after a warm-up) and their ratio.
+Without ``--model`` a random tiny Qwen3 (0.8 M parameters, character vocabulary) is built in a temporary folder;
+``--model embedded`` is the warm-started tiny model. Prompts are tiny-task problems; every sampler draws n
+completions per prompt at temperature 1, top-p 1 (top-k off), stops at EOS. Three samplers take turns within each
+repeat: the engine with its lean decode step (``rollout.lean_decode``), the engine with the HF forward as its step,
+and ``model.generate``. Prints generated tokens per second of each (median over repeats, after a warm-up) and the
+ratios, and writes them as JSON to ``--out``.
 """
 
 import argparse
+import json
+import os
+import platform
 import statistics
 import tempfile
 import time
@@ -18,7 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from evals.tasks import task_problems
 from rollout import SamplingParams, TransformersEngine
-from training.tiny import random_tiny_model
+from training.tiny import ensure_tiny_model, random_tiny_model
 
 
 def time_engine(engine: TransformersEngine, prompts: list[str], params: SamplingParams) -> tuple[float, int]:
@@ -53,39 +60,81 @@ def time_generate(engine: TransformersEngine, prompts: list[str], params: Sampli
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", help="a Hugging Face model folder (default: a random tiny model)")
+    parser.add_argument("--model", help="'embedded' or a Hugging Face model folder (default: a random tiny model)")
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--n", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--out", help="write the medians and ratios here as JSON")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as scratch:
-        model_dir = Path(args.model) if args.model else random_tiny_model(Path(scratch) / "tiny", seed=0)
+        match args.model:
+            case None:
+                model_dir = random_tiny_model(Path(scratch) / "tiny", seed=0)
+            case "embedded":
+                model_dir = ensure_tiny_model()
+            case _:
+                model_dir = Path(args.model)
         tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    engine = TransformersEngine(model, tokenizer)
+    engines = {"lean": TransformersEngine(model, tokenizer), "hf": TransformersEngine(model, tokenizer, step="hf")}
+    samplers = {
+        "engine lean": lambda prompts, params: time_engine(engines["lean"], prompts, params),
+        "engine hf": lambda prompts, params: time_engine(engines["hf"], prompts, params),
+        "generate": lambda prompts, params: time_generate(engines["hf"], prompts, params),
+    }
     prompts = [problem.problem + "\n" for problem in task_problems("tiny_add", "train")[: args.prompts]]
-    results = {"engine": [], "generate": []}
-    for repeat in range(args.repeats + 1):  # repeat 0 warms up both
+    results = {name: [] for name in samplers}
+    load_before = os.getloadavg()[0]
+    for repeat in range(args.repeats + 1):  # repeat 0 warms up every sampler
         params = SamplingParams(args.n, 1.0, 1.0, args.max_new_tokens, seed=repeat)
-        for name, run in (("engine", time_engine), ("generate", time_generate)):
-            seconds, tokens = run(engine, prompts, params)
+        for name, run in samplers.items():
+            seconds, tokens = run(prompts, params)
             if repeat:
                 results[name].append((tokens / seconds, seconds, tokens))
+    load_after = os.getloadavg()[0]
     rows = len(prompts) * args.n
+    model_name = "embedded tiny (0.8M)" if args.model == "embedded" else (args.model or "random tiny (0.8M)")
     print(
-        f"model {model_dir if args.model else 'random tiny (0.8M)'}; {args.prompts} prompts x {args.n} samples, "
-        f"<= {args.max_new_tokens} new tokens, {args.threads} threads, median of {args.repeats}"
+        f"model {model_name}; {args.prompts} prompts x {args.n} samples, <= {args.max_new_tokens} new tokens, "
+        f"{args.threads} threads, median of {args.repeats}; load average {load_before:.2f} -> {load_after:.2f}"
     )
-    medians = {}
+    summary = {}
     for name, runs in results.items():
-        medians[name] = statistics.median(r[0] for r in runs)
-        seconds = statistics.median(r[1] for r in runs)
-        tokens = statistics.median(r[2] for r in runs)
-        print(f"{name:9s} {medians[name]:9.0f} tokens/s  {seconds:6.3f} s per batch of {rows}  ({tokens:.0f} tokens)")
-    print(f"ratio engine / generate: {medians['engine'] / medians['generate']:.2f}x")
+        summary[name] = {
+            "tokens_per_s": statistics.median(r[0] for r in runs),
+            "seconds": statistics.median(r[1] for r in runs),
+            "tokens": statistics.median(r[2] for r in runs),
+        }
+        row = summary[name]
+        print(
+            f"{name:12s} {row['tokens_per_s']:9.0f} tokens/s  {row['seconds']:6.3f} s per batch of {rows}  "
+            f"({row['tokens']:.0f} tokens)"
+        )
+    ratios = {
+        "lean / hf": summary["engine lean"]["tokens_per_s"] / summary["engine hf"]["tokens_per_s"],
+        "lean / generate": summary["engine lean"]["tokens_per_s"] / summary["generate"]["tokens_per_s"],
+        "hf / generate": summary["engine hf"]["tokens_per_s"] / summary["generate"]["tokens_per_s"],
+    }
+    for name, ratio in ratios.items():
+        print(f"ratio {name}: {ratio:.2f}x")
+    if args.out:
+        record = {
+            "model": model_name,
+            "prompts": args.prompts,
+            "n": args.n,
+            "max_new_tokens": args.max_new_tokens,
+            "threads": args.threads,
+            "repeats": args.repeats,
+            "load_average": [load_before, load_after],
+            "machine": platform.machine(),
+            "torch": torch.__version__,
+            "samplers": summary,
+            "ratios": ratios,
+        }
+        Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
 
 
 if __name__ == "__main__":

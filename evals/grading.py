@@ -10,10 +10,12 @@ objects, and its only ``eval`` (sympy ``parse_expr``) sees text matched by a reg
 without being parsed. sympy can still hang (``9^{9^{9^{9}}}``, 30 nested parentheses take 5 s in the parser), and
 math-verify's own ``signal.alarm`` timeouts only work in a main thread, so every math-verify call runs in a
 persistent pool of worker processes; a worker past ``timeout_s`` is killed and replaced, and the pair is graded
-``timeout`` (incorrect). The parent keeps a cache keyed on the normalised (answer, gold) pair and answers
-identical strings, plain numbers (with units, degree signs, ``x =``, thousands separators) and answers of equal
-math-verify normal form itself (``fast_verdict``, tested to agree with math-verify); for the last it imports
-math-verify's pure-regex LaTeX normaliser once (sympy comes with it, ~1 s), never its parser.
+``timeout`` (incorrect). The parent keeps a cache keyed on the normalised (answer, gold) pair and decides what it
+can prove itself (``evals.fast_verdict``, tested against math-verify): identical strings, plain numbers (with units,
+degree signs, ``x =``, thousands separators), answers of equal math-verify normal form, and answers whose values
+under a small evaluator of a LaTeX subset are far apart (``evals.latex_shape``: a wrong answer is the common case).
+For the last two it imports math-verify's pure-regex LaTeX normaliser on its first call (sympy comes with it,
+~0.4 s), never its parser. ``extract_boxed``, ``normalize_answer`` and ``fast_verdict`` are importable from here.
 """
 
 import atexit
@@ -27,13 +29,13 @@ import sys
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from decimal import Decimal
-from fractions import Fraction
 from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Literal
+
+from evals.fast_verdict import fast_verdict, math_verify_form, normalize_answer
 
 Status = Literal["ok", "no_answer", "parse_error", "timeout"]
 STATUSES: tuple[Status, ...] = ("ok", "no_answer", "parse_error", "timeout")
@@ -88,133 +90,6 @@ def extract_boxed(response: str) -> str | None:
                     return rest[start + 1 : token.start()].strip()
             case _:  # an escaped character
                 pass
-    return None
-
-
-_WHITESPACE = re.compile(r"\s+")
-_DOLLAR = re.compile(r"\\?\$")
-_FRAC = re.compile(r"\\[dt]frac(?![A-Za-z])")
-# math-verify's normaliser drops \left / \right before these delimiters too (latex2sympy2_extended r_left/r_right).
-_LEFT_RIGHT = re.compile(r"\\m?(?:left|right)\s*(?=[()\[\]|]|\\[{}|])")
-
-
-_E_NOTATION = re.compile(r"(-?\d+(?:\.\d*)?)[eE]([-+]?\d+)")
-_DIGIT_DOT_SLASH = re.compile(r"(?<=\d)\./")
-
-
-def normalize_answer(answer: str) -> str:
-    """The cache and majority-vote key: whitespace runs -> one space, ``\\dfrac`` -> ``\\frac``, no ``\\left``/
-    ``\\right``; math-verify makes each of these changes itself, so they keep its verdicts (tested). It drops ``$``
-    too, as its normaliser does, but first: a ``$`` inside the answer would close our ``$...$`` wrapper early.
-
-    Two rewrites change verdicts on purpose, for Minerva's plain-number gold answers (README of the data): a whole
-    answer in e-notation ``4.5e33`` -> ``4.5 \\times 10^{33}`` (math-verify reads ``e`` as Euler's number) and
-    ``-1./3`` -> ``-1/3``.
-    """
-    answer = _WHITESPACE.sub(" ", _DOLLAR.sub("", answer)).strip()
-    answer = _LEFT_RIGHT.sub("", _FRAC.sub(r"\\frac", answer))
-    answer = _E_NOTATION.sub(r"\1 \\times 10^{\2}", answer) if _E_NOTATION.fullmatch(answer) else answer
-    return _DIGIT_DOT_SLASH.sub("/", answer)
-
-
-_DECIMAL = re.compile(r"-?(?:\d+\.?\d*|\.\d+)")
-_THOUSANDS = re.compile(r"-?[1-9]\d{0,2}(?:,\d{3})+")  # 10,080 (after \! and {,} are dropped)
-_FRACTION = re.compile(r"(-?)(?:\\frac\{(-?\d+)\}\{(\d+)\}|\\frac(\d)(\d)|(-?\d+)/(\d+))")
-_MAX_FAST_DIGITS = 12  # sympy Floats carry 15 digits: stay well inside them
-# What math-verify reads as the same number (each checked against it on every benchmark's gold answers): a single
-# variable name in front ("x = 5"; not e, i, E, I, which are constants), a degree sign, a trailing \text unit.
-_VARIABLE = re.compile(r"([a-dfghj-zA-DFGHJ-Z])\s?=\s?(.+)")
-_DEGREES = re.compile(r"(.+?)\s?\^\s?(?:\\circ|\{\\circ\})")
-_UNIT = re.compile(r"(.+?)\s?\\(?:text|mbox)\{[^{}\\]*\}(?:\^\d|\^\{\d\})?")
-_SEPARATORS = re.compile(r"\\!|\{,\}")
-
-
-@dataclass(frozen=True)
-class _Number:
-    value: Fraction
-    is_decimal: bool
-    variable: str | None  # the "x" of "x = 5"
-
-
-def _plain_number(answer: str) -> _Number | None:
-    """An integer, decimal or fraction of integers of <= 12 digits (with an optional single-letter ``x =`` in front,
-    a degree sign or a \\text unit after, thousands separators), else None."""
-    if sum(c.isdigit() for c in answer) > _MAX_FAST_DIGITS:
-        return None
-    variable = None
-    if "=" in answer and (match := _VARIABLE.fullmatch(answer)):
-        variable, answer = match.groups()
-    bare = variable is None
-    if "\\" in answer:
-        for suffix in (_DEGREES, _UNIT):
-            if match := suffix.fullmatch(answer):
-                answer, bare = match.group(1), False
-                break
-    answer = _SEPARATORS.sub("", answer)
-    if _DECIMAL.fullmatch(answer):
-        return _Number(Fraction(Decimal(answer)), "." in answer, variable)
-    if bare and _THOUSANDS.fullmatch(answer):  # math-verify reads "x = 10,080" and "10,080^\circ" as tuples
-        return _Number(Fraction(int(answer.replace(",", ""))), False, variable)
-    match = _FRACTION.fullmatch(answer)
-    if match is None:
-        return None
-    sign, *parts = match.groups()
-    numerator, denominator = (int(x) for x in parts if x is not None)
-    if denominator == 0:
-        return None
-    return _Number(Fraction(-numerator if sign else numerator, denominator), False, variable)
-
-
-_MATH_VERIFY_ANCHORS = re.compile(r"answer|boxed|fbox", re.IGNORECASE)
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def math_verify_form(answer: str) -> str | None:
-    """math-verify's own normalised LaTeX of ``$answer$`` (the string its parser reads), or None when its extraction
-    might read something else (an answer mentioning "answer" or a box, or ending in a backslash).
-
-    Why equal forms are equal answers: parsing ``$a$``, math-verify's rightmost match is the whole inline-math
-    group (no other pattern of its first priority level can match without those words), whose string fallback is
-    ``normalize_latex(a)``; ``parse`` always returns that fallback, and ``verify`` is True when any gold and
-    predicted item are equal, equal non-empty strings included. ``normalize_latex`` is a pure regex function (no
-    sympy call), so the parent runs it safely; math-verify is imported here once, lazily.
-    """
-    if answer.endswith("\\") or _MATH_VERIFY_ANCHORS.search(answer):
-        return None
-    return _normalize_latex()(answer).strip() or None
-
-
-@functools.cache
-def _normalize_latex() -> Callable[[str], str]:
-    from latex2sympy2_extended import normalize_latex
-    from math_verify import LatexExtractionConfig
-
-    return functools.partial(normalize_latex, config=LatexExtractionConfig().normalization_config)
-
-
-def fast_verdict(pred: str, gold: str) -> bool | None:
-    """math-verify's verdict on two normalised answers when it is certain without it, else None.
-
-    Identical non-empty strings are equal (math-verify: same parse, or same string fallback), and so are answers of
-    equal ``math_verify_form``. Integers, decimals and fractions of integers (``\\frac{a}{b}``, ``a/b``) of at most
-    12 digits, with an optional ``x =``, degree sign, \\text unit or thousands separators (``_plain_number``),
-    compare exactly: equal values are equal; two exact values (no decimal point) that differ are different, as
-    sympy's Rationals are; when a decimal is involved they differ if ``|a - b| >= 1e-5``, beyond math-verify's
-    rounding to 6 decimal places (closer pairs go to math-verify). Two different variable names go to math-verify.
-    """
-    if pred == gold and pred and not pred.endswith("\\"):  # a trailing backslash escapes the closing $
-        return True
-    a, b = _plain_number(pred), _plain_number(gold)
-    if a is not None and b is not None and (a.variable is None or b.variable is None or a.variable == b.variable):
-        if a.value == b.value:
-            return True
-        if not a.is_decimal and not b.is_decimal:
-            return False
-        if abs(a.value - b.value) >= Fraction(1, 100_000):
-            return False
-    form = math_verify_form(pred)
-    if form is not None and form == math_verify_form(gold):
-        return True
     return None
 
 
@@ -317,7 +192,7 @@ class _Worker:
                 stream.close()  # type: ignore[union-attr]
 
 
-PIPELINE = 16  # jobs in flight per worker: a worker never waits for the parent between jobs
+PIPELINE = 8  # jobs in flight per worker: a worker never waits for the parent between jobs
 
 
 class _Pool:
@@ -399,6 +274,7 @@ class _Grader:
         grades: list[Grade | None] = [None] * len(pairs)
         todo: dict[tuple[str, str], list[tuple[int, str]]] = {}
         with self.lock:
+            math_verify_form("0")  # the first call imports math-verify's normaliser (~0.4 s), like a worker start
             for i, (response, gold) in enumerate(pairs):
                 if not isinstance(response, str) or not isinstance(gold, str):
                     raise ValueError(f"pairs[{i}] must be two strings, got ({type(response)}, {type(gold)})")
@@ -413,13 +289,14 @@ class _Grader:
                 if not key[0] or not key[1]:
                     grades[i] = Grade(False, extracted, "parse_error")
                     continue
-                fast = fast_verdict(*key)
-                known = (fast, "ok") if fast is not None else self.cache.get(key)
+                known = self.cache.get(key)
+                if known is None and (fast := fast_verdict(*key)) is not None:
+                    known = self.cache[key] = (fast, "ok")  # a pair repeats within and across batches
                 if known is not None:
                     grades[i] = Grade(known[0], extracted, known[1])
                 else:
                     todo.setdefault(key, []).append((i, extracted))
-            keys = sorted(todo, key=lambda key: key[1])  # a gold's pairs in a row: workers reuse its parse
+            keys = _schedule(todo)
             for key, verdict in zip(keys, self.pool.run(keys, workers, timeout_s), strict=True):
                 self.cache[key] = verdict
                 for i, extracted in todo[key]:
@@ -427,6 +304,15 @@ class _Grader:
             while len(self.cache) > CACHE_SIZE:
                 self.cache.popitem(last=False)
         return grades  # type: ignore[return-value]
+
+
+def _schedule(todo: dict[tuple[str, str], list]) -> list[tuple[str, str]]:
+    """The order pairs go to the workers: a gold's pairs in a row (the worker that parses a gold reuses it), the
+    golds with most pairs first, so that the last batches, which balance the workers, are the small ones."""
+    by_gold: dict[str, list[tuple[str, str]]] = {}
+    for key in sorted(todo):
+        by_gold.setdefault(key[1], []).append(key)
+    return [key for gold in sorted(by_gold, key=lambda gold: (-len(by_gold[gold]), gold)) for key in by_gold[gold]]
 
 
 _GRADER = _Grader()

@@ -1,15 +1,27 @@
-"""rollout/: sampling by hand, the shared Rollout assembly, the transformers engine against a teacher-forced forward."""
+"""rollout/: sampling by hand, the shared Rollout assembly, the transformers engine against a teacher-forced forward,
+the lean decode step against the HF forward."""
 
 from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, Qwen3ForCausalLM
+from transformers import (
+    AutoModelForCausalLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen3ForCausalLM,
+)
 
 from rollout import Rollout, SamplingParams, TransformersEngine, load_engine
 from rollout.common import encode_prompts, finish_rollout, pad_right, request_seeds
-from rollout.transformers_engine import sample_tokens, top_p_filter
-from training.tiny import char_tokenizer, tiny_config
+from rollout.lean_decode import LeanDecoder, lean_weights
+from rollout.transformers_engine import HFDecoder, draw_categorical, sample_tokens, top_p_filter
+from training.tiny import char_tokenizer, random_tiny_model, tiny_config
 
 PROMPTS = ["12+34=", "7*8=", "100-1=", "The answer is "]  # different lengths: left padding matters
 
@@ -98,6 +110,18 @@ def test_sample_tokens_logp_is_tempered_and_not_renormalised():
     )
     token_A, logp_A = sample_tokens(logits_AV[:1], 0.0, 1.0, torch.Generator().manual_seed(0))
     assert token_A.item() == 0 and logp_A.item() == pytest.approx(torch.tensor(0.75).log().item(), abs=1e-6)
+
+
+def test_draw_categorical_frequencies():
+    """Unnormalised weights (1, 0, 6, 3, 0): 40,000 draws land 4,000 / 0 / 24,000 / 12,000 / 0 times, within 5 sigma
+    (sigma = sqrt(n p (1 - p)) = 60, 98, 92); zero weights, first and last included, are never drawn."""
+    weights_AV = torch.tensor([[1.0, 0.0, 6.0, 3.0, 0.0]]).repeat(40_000, 1)
+    token_A = draw_categorical(weights_AV, torch.Generator().manual_seed(0))
+    counts = torch.bincount(token_A, minlength=5).tolist()
+    assert counts[1] == counts[4] == 0
+    for got, want, sigma in zip([counts[0], counts[2], counts[3]], [4_000, 24_000, 12_000], [60, 98, 92], strict=True):
+        assert abs(got - want) < 5 * sigma, counts
+    assert draw_categorical(torch.tensor([[0.0, 2.0]]), torch.Generator().manual_seed(1)).tolist() == [1]
 
 
 def test_finish_rollout_by_hand():
@@ -202,3 +226,195 @@ def test_load_engine_from_a_folder(tmp_path: Path):
     torch.testing.assert_close(ro.logp_BT[ro.mask_BT], want_BT[ro.mask_BT], atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="not found"):
         load_engine("transformers", tmp_path / "missing")
+
+
+# --- the lean decode step ----------------------------------------------------------------------------------------
+
+
+def random_llama(seed: int = 0) -> LlamaForCausalLM:
+    """A random tiny Llama unlike the Qwen3: biases, one kv head for 4 query heads (MQA), untied head, linear rope
+    scaling; initialised 10x wider than HF's default so attention is far from uniform."""
+    config = LlamaConfig(
+        vocab_size=len(char_tokenizer()),
+        hidden_size=64,
+        intermediate_size=160,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        attention_bias=True,
+        mlp_bias=True,
+        tie_word_embeddings=False,
+        rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0},
+        initializer_range=0.2,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=None,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config).eval()
+
+
+def random_small(config_class: type, seed: int = 0, **fields: object) -> torch.nn.Module:
+    """A random 2-layer model of ``config_class`` (Qwen2: q/k/v biases; Mistral: a window longer than any test)."""
+    config = config_class(
+        vocab_size=len(char_tokenizer()),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        initializer_range=0.1,
+        **fields,
+    )
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+@pytest.mark.parametrize("architecture", ["qwen3", "llama", "qwen2", "mistral"])
+def test_lean_logits_equal_the_hf_forward_at_every_position(architecture: str, tmp_path: Path):
+    """Prefill and every decode step, left-padded prompts of lengths 6, 2, 4 and rows dropped mid-way, against one
+    teacher-forced HF forward over [prompt | tokens] (no cache involved)."""
+    match architecture:
+        case "qwen3":
+            model = AutoModelForCausalLM.from_pretrained(random_tiny_model(tmp_path / "tiny", seed=3)).eval()
+        case "llama":
+            model = random_llama()
+        case "qwen2":
+            model = random_small(Qwen2Config)
+        case "mistral":
+            model = random_small(MistralConfig, sliding_window=64)
+    P, G, L, T = 3, 2, 6, 9
+    B, V = P * G, model.config.vocab_size
+    generator = torch.Generator().manual_seed(0)
+    attention_PL = (torch.arange(L) >= torch.tensor([[0], [4], [2]])).long()  # prompt lengths 6, 2, 4
+    ids_PL = torch.randint(2, V, (P, L), generator=generator).masked_fill(attention_PL == 0, 0)
+    tokens_BT = torch.randint(2, V, (B, T), generator=generator)
+    ids_BS = torch.cat([ids_PL.repeat_interleave(G, dim=0), tokens_BT], dim=1)
+    attention_BS = torch.cat([attention_PL.repeat_interleave(G, dim=0), torch.ones((B, T), dtype=torch.long)], 1)
+    with torch.inference_mode():
+        position_BS = (attention_BS.cumsum(-1) - 1).clamp(min=0)
+        want_BSV = model(input_ids=ids_BS, attention_mask=attention_BS, position_ids=position_BS).logits
+        weights = lean_weights(model, L + T)
+        assert weights is not None
+        decoder = LeanDecoder(weights, ids_PL, attention_PL, G, T)
+        torch.testing.assert_close(decoder.prefill(), want_BSV[:, L - 1], atol=1e-5, rtol=0)
+        rows_A = torch.arange(B)
+        for t in range(T):
+            if t == 3:  # rows 1 and 4 finish: the batch is compacted
+                keep_A = torch.tensor([0, 2, 3, 5])
+                decoder.keep(keep_A)
+                rows_A = rows_A[keep_A]
+            got_AV = decoder.step(tokens_BT[rows_A, t])
+            torch.testing.assert_close(got_AV, want_BSV[rows_A, L + t], atol=1e-5, rtol=0)
+    assert want_BSV[:, L:].std(dim=1).mean() > 0.05, "logits should differ between positions, far beyond atol"
+
+
+def test_lean_step_follows_an_enclosing_autocast():
+    """Under bfloat16 autocast the lean step rounds like HF's forward does: both stay within bfloat16 rounding of the
+    float32 logits (|logit| <= 7 here; 2**-8 relative is 0.03), and agree with each other to that scale."""
+    model = eos_prone_model()
+    P, L, G, T = 3, 7, 2, 8
+    attention_PL = (torch.arange(L) >= torch.tensor([[3], [0], [1]])).long()
+    ids_PL = torch.randint(2, model.config.vocab_size, (P, L), generator=torch.Generator().manual_seed(0))
+    tokens_TB = torch.randint(2, model.config.vocab_size, (T, P * G), generator=torch.Generator().manual_seed(1))
+
+    def logits(step: str, autocast: bool) -> torch.Tensor:
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            if step == "hf":
+                decoder = HFDecoder(model, "cache", ids_PL, attention_PL, G, T)
+            else:
+                decoder = LeanDecoder(lean_weights(model, L + T), ids_PL, attention_PL, G, T)
+            return torch.stack([decoder.prefill()] + [decoder.step(tokens_TB[t]) for t in range(T - 1)]).float()
+
+    exact, hf, lean = logits("hf", False), logits("hf", True), logits("lean", True)
+    assert lean.dtype == torch.float32 and not torch.equal(lean, logits("lean", False))  # autocast took effect
+    assert (hf - exact).abs().max() < 0.1 and (lean - exact).abs().max() < 0.1 and (lean - hf).abs().max() < 0.1
+
+
+@pytest.mark.parametrize("step", ["lean", "hf"])
+def test_logp_equals_teacher_forced_forward_for_both_steps(step: str):
+    model = random_llama(seed=1)
+    engine = TransformersEngine(model, char_tokenizer(), step=step)
+    ro = engine.generate(PROMPTS, SamplingParams(n=2, temperature=0.8, max_new_tokens=12, seed=4))
+    want_BT = teacher_forced_logp(model, ro.prompt_ids, ro.tokens_BT, ro.lengths_B, 2, 0.8)
+    # |logp| reaches 6.5 on this sharp model: HF's own cached step is 9e-6 from its uncached forward (rounding)
+    torch.testing.assert_close(ro.logp_BT[ro.mask_BT], want_BT[ro.mask_BT], atol=2e-5, rtol=0)
+
+
+def test_lean_and_hf_steps_sample_the_same_tokens(engine: TransformersEngine):
+    """Both steps feed one sampling loop and one generator, so equal logits mean equal draws.
+
+    The logits agree to ~1e-7, not bit for bit; a draw could differ only if it fell within ~1e-7 of a boundary
+    between two tokens, which these fixed seeds do not (the test is deterministic, not flaky).
+    """
+    hf = TransformersEngine(engine.model, engine.tokenizer, step="hf")
+    params = SamplingParams(n=4, temperature=1.0, top_p=0.95, max_new_tokens=20, seed=5)
+    lean_ro, hf_ro = engine.generate(PROMPTS, params), hf.generate(PROMPTS, params)
+    assert engine.lean_weights(lean_ro.prompt_ids, params) is not None
+    assert torch.equal(lean_ro.tokens_BT, hf_ro.tokens_BT) and torch.equal(lean_ro.lengths_B, hf_ro.lengths_B)
+    torch.testing.assert_close(lean_ro.logp_BT, hf_ro.logp_BT, atol=1e-5, rtol=0)
+
+
+def test_lean_step_reads_the_live_weights():
+    """An in-place update between generate() calls (what the optimiser does) changes the lean step's samples."""
+    model = eos_prone_model(seed=4)
+    engine = TransformersEngine(model, char_tokenizer())
+    params = SamplingParams(n=1, temperature=0.0, max_new_tokens=12)
+    before = engine.generate(PROMPTS, params)
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight.mul_(-3.0)
+        model.model.layers[1].self_attn.k_proj.weight.mul_(5.0)
+    after, hf_after = (
+        engine.generate(PROMPTS, params),
+        TransformersEngine(model, char_tokenizer(), step="hf").generate(PROMPTS, params),
+    )
+    assert not torch.equal(before.logp_BT, after.logp_BT)
+    assert torch.equal(after.tokens_BT, hf_after.tokens_BT)
+    torch.testing.assert_close(after.logp_BT, hf_after.logp_BT, atol=1e-5, rtol=0)
+
+
+def test_unrecognised_architecture_uses_the_hf_step():
+    tokenizer = char_tokenizer()
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=64, eos_token_id=1)
+    model = GPT2LMHeadModel(config).eval()
+    engine = TransformersEngine(model, tokenizer)
+    params = SamplingParams(n=2, temperature=1.0, max_new_tokens=10, seed=0)
+    assert lean_weights(model, 64) is None and engine.lean_weights([[2, 3]], params) is None
+    ro = engine.generate(PROMPTS, params)
+    want_BT = teacher_forced_logp(model, ro.prompt_ids, ro.tokens_BT, ro.lengths_B, 2, 1.0)
+    torch.testing.assert_close(ro.logp_BT[ro.mask_BT], want_BT[ro.mask_BT], atol=1e-5, rtol=0)
+
+
+def test_lean_weights_declines_what_it_cannot_reproduce():
+    vocab = len(char_tokenizer())
+    small = {"vocab_size": vocab, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1}
+    small |= {"num_attention_heads": 2, "num_key_value_heads": 1}
+    mistral = MistralForCausalLM(MistralConfig(**small, sliding_window=16))
+    assert lean_weights(mistral, 16) is not None  # a window as long as the sequence is full attention
+    assert lean_weights(mistral, 17) is None
+    dynamic = {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}
+    assert lean_weights(LlamaForCausalLM(LlamaConfig(**small, rope_parameters=dynamic)), 8) is None
+
+    class Adapted(torch.nn.Linear):  # stands for a LoRA or quantised layer: more than F.linear(x, weight, bias)
+        pass
+
+    llama = LlamaForCausalLM(LlamaConfig(**small))
+    assert lean_weights(llama, 8) is not None
+    llama.model.layers[0].mlp.up_proj = Adapted(32, 64, bias=False)
+    assert lean_weights(llama, 8) is None
+    with pytest.raises(ValueError, match="step"):
+        TransformersEngine(mistral, char_tokenizer(), step="fast")
+
+
+@pytest.mark.parametrize("step", ["lean", "hf"])
+def test_compute_dtype_bfloat16_samples_under_autocast(step: str):
+    """compute_dtype=bfloat16: the behaviour log-probs are the bfloat16 model's, close to (and not equal to) the
+    float32 teacher-forced ones; the weights stay float32."""
+    model = eos_prone_model()
+    engine = TransformersEngine(model, char_tokenizer(), step=step, compute_dtype=torch.bfloat16)
+    ro = engine.generate(PROMPTS, SamplingParams(n=2, temperature=1.0, max_new_tokens=12, seed=4))
+    want_BT = teacher_forced_logp(model, ro.prompt_ids, ro.tokens_BT, ro.lengths_B, 2, 1.0)
+    gap = (ro.logp_BT - want_BT)[ro.mask_BT].abs().max().item()
+    assert 1e-5 < gap < 0.1, gap
+    assert all(p.dtype == torch.float32 for p in model.parameters())

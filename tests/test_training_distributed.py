@@ -5,6 +5,7 @@ tests/test_training_distributed.py STRATEGY MODEL_DIR OUT``.
 """
 
 import dataclasses
+import gc
 import os
 import shutil
 import signal
@@ -61,6 +62,10 @@ def one_update(strategy: str, model_dir: Path) -> tuple[dict[str, torch.Tensor],
     metrics = update_policy(trainer, optimizer, scheduler, batch, old_logp_BT, None, adv_BT, config, info, 1, 0)
     weights = full_state_dict(trainer)
     metrics["entropy_sum"] = float(entropy_BT.sum())
+    # DDP's reducer goes before its process group: freed after it, the gloo destructor joins a worker thread that
+    # waits for the GIL the freeing thread holds (a teardown deadlock seen here about one run in three)
+    del trainer, optimizer, scheduler
+    gc.collect()
     if info.world_size > 1:
         shutdown(info)
     return weights, metrics

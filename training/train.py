@@ -272,7 +272,7 @@ def _load_model(path: Path, info: DistInfo, attention: str) -> torch.nn.Module:
 
 def _make_engine(config: RunConfig, model_dir: Path, model: torch.nn.Module, tokenizer: Any, info: DistInfo) -> Engine:
     if config.rollout.engine == "transformers":
-        return TransformersEngine(model, tokenizer)
+        return TransformersEngine(model, tokenizer, compute_dtype=getattr(torch, config.model.compute_dtype))
     engine = load_engine(
         config.rollout.engine,
         model_dir,
