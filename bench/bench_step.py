@@ -14,6 +14,7 @@ consecutive steps' ``metrics.jsonl`` rows. TRL's is the wall time between ``on_s
 median over repeats is reported.
 
     python bench/bench_step.py [--model embedded|random|DIR] [--steps 10] [--warmup 2] [--repeats 3]
+        [--dtype float32|bfloat16] [--attention sdpa|eager] [--override optim.skip_zero_advantage_backward=false]
 """
 
 import argparse
@@ -77,7 +78,8 @@ def run_ours(model_dir: Path, out_dir: Path, args: argparse.Namespace) -> dict:
         "cpu_threads": args.threads,
         "out_dir": str(out_dir),
     }
-    config = apply_overrides(tiny(), [f"--{key}={json.dumps(value)}" for key, value in overrides.items()])
+    flags = [f"--{key}={json.dumps(value)}" for key, value in overrides.items()] + [f"--{o}" for o in args.override]
+    config = apply_overrides(tiny(), flags)
     train(config, resume="never")
     rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
     return {
@@ -178,6 +180,7 @@ def run_side(side: str, model_dir: Path, out_dir: Path, args: argparse.Namespace
     command = [sys.executable, __file__, "--run-side", side, "--model", str(model_dir), "--steps", str(args.steps)]
     command += ["--max-new-tokens", str(args.max_new_tokens), "--threads", str(args.threads)]
     command += ["--micro-batch", str(args.micro_batch), "--dtype", args.dtype, "--attention", args.attention]
+    command += [f"--override={o}" for o in args.override]
     command += ["--out", str(out_dir / "run.json")]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
     done = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -198,6 +201,9 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="matmul dtype, both sides")
     parser.add_argument("--attention", default="sdpa", choices=["sdpa", "eager"], help="attention kernel, both sides")
     parser.add_argument("--sides", default="ours,trl", help="comma list: ours, trl")
+    parser.add_argument(
+        "--override", action="append", default=[], help="ours only, for A/B runs: a config field, KEY=VALUE"
+    )
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "step.json"))
     parser.add_argument("--run-side", choices=["ours", "trl"], help=argparse.SUPPRESS)  # internal: one side's run
     args = parser.parse_args()
