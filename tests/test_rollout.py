@@ -231,15 +231,28 @@ def test_load_engine_from_a_folder(tmp_path: Path):
 # --- the lean decode step ----------------------------------------------------------------------------------------
 
 
+def random_small(config_class: type, seed: int = 0, **fields: object) -> torch.nn.Module:
+    """A random 2-layer model of ``config_class`` (Qwen2: q/k/v biases; Mistral: a window longer than any test)."""
+    settings = {
+        "vocab_size": len(char_tokenizer()),
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "initializer_range": 0.1,
+    }
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config_class(**(settings | fields))).eval()
+
+
 def random_llama(seed: int = 0) -> LlamaForCausalLM:
     """A random tiny Llama unlike the Qwen3: biases, one kv head for 4 query heads (MQA), untied head, linear rope
     scaling; initialised 10x wider than HF's default so attention is far from uniform."""
-    config = LlamaConfig(
-        vocab_size=len(char_tokenizer()),
-        hidden_size=64,
+    return random_small(
+        LlamaConfig,
+        seed,
         intermediate_size=160,
-        num_hidden_layers=2,
-        num_attention_heads=4,
         num_key_value_heads=1,
         attention_bias=True,
         mlp_bias=True,
@@ -250,24 +263,6 @@ def random_llama(seed: int = 0) -> LlamaForCausalLM:
         eos_token_id=1,
         bos_token_id=None,
     )
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(config).eval()
-
-
-def random_small(config_class: type, seed: int = 0, **fields: object) -> torch.nn.Module:
-    """A random 2-layer model of ``config_class`` (Qwen2: q/k/v biases; Mistral: a window longer than any test)."""
-    config = config_class(
-        vocab_size=len(char_tokenizer()),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        initializer_range=0.1,
-        **fields,
-    )
-    torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(config).eval()
 
 
 @pytest.mark.parametrize("architecture", ["qwen3", "llama", "qwen2", "mistral"])
