@@ -24,7 +24,7 @@ N query heads, K key/value heads, D head dim, Y layers, V vocabulary.
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
@@ -143,7 +143,26 @@ def lean_weights(model: nn.Module, max_length: int) -> LeanWeights | None:
         return None
     if any(type(p.data) is not torch.Tensor for p in model.parameters()):  # e.g. FSDP2's DTensor shards
         return None
+    device = weights.head_weight.device.type
+    if torch.is_autocast_enabled(device):  # cast the matmul weights once per call, not at every step
+        return matmuls_in(weights, torch.get_autocast_dtype(device))
     return weights
+
+
+def matmuls_in(weights: LeanWeights, dtype: torch.dtype) -> LeanWeights:
+    """``weights`` with the matrix products' weights in ``dtype`` (an enclosing autocast would cast them at every
+    call); norms, biases and the embedding stay as they are."""
+    layers = tuple(
+        replace(
+            layer,
+            qkv_weight=layer.qkv_weight.to(dtype),
+            o_weight=layer.o_weight.to(dtype),
+            gate_up_weight=layer.gate_up_weight.to(dtype),
+            down_weight=layer.down_weight.to(dtype),
+        )
+        for layer in weights.layers
+    )
+    return replace(weights, layers=layers, head_weight=weights.head_weight.to(dtype))
 
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:

@@ -324,6 +324,10 @@ def test_lean_step_follows_an_enclosing_autocast():
     exact, hf, lean = logits("hf", False), logits("hf", True), logits("lean", True)
     assert lean.dtype == torch.float32 and not torch.equal(lean, logits("lean", False))  # autocast took effect
     assert (hf - exact).abs().max() < 0.1 and (lean - exact).abs().max() < 0.1 and (lean - hf).abs().max() < 0.1
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # matmul weights cast once per call, norms kept
+        weights = lean_weights(model, L + T)
+    assert weights.head_weight.dtype == weights.layers[0].qkv_weight.dtype == torch.bfloat16
+    assert weights.layers[0].input_norm.dtype == weights.embed.dtype == torch.float32
 
 
 @pytest.mark.parametrize("step", ["lean", "hf"])
