@@ -13,10 +13,12 @@ One run is complete on its own: ``config.json`` before step 0, then ``metrics.js
 
 import argparse
 import dataclasses
+import gc
 import json
 import random
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +69,12 @@ def train(config: RunConfig, resume: str = "auto", meta: dict[str, Any] | None =
     info = init_distributed()
     try:
         return _train(config, resume, meta or {}, info)
+    except BaseException as error:
+        # the traceback keeps _train's locals alive; DDP's reducer freed after its process group deadlocks (gloo's
+        # destructor joins a thread that waits for the GIL held by the freeing thread): free them before shutdown
+        traceback.clear_frames(error.__traceback__)
+        gc.collect()
+        raise
     finally:
         shutdown(info)
 
