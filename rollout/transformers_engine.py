@@ -39,7 +39,7 @@ def draw_categorical(weights_AV: Tensor, generator: torch.Generator) -> Tensor:
 
     token = min{i : c_i > u c_V}, c_i = w_1 + ... + w_i in float64, u ~ U[0, 1) (one uniform per row); a zero
     weight is an empty interval, so it is never drawn. Replaces ``torch.multinomial``, whose CPU kernel draws an
-    exponential per vocabulary entry (130 us for 92 x 98 against 17 us here, 2 threads).
+    exponential per vocabulary entry where this draws one uniform per row.
     """
     A, V = weights_AV.shape
     cdf_AV = weights_AV.to(torch.float64).cumsum(dim=-1)

@@ -4,7 +4,6 @@ Dimension key: P prompts, G samples per prompt, B = P*G rows (prompt p's group i
 T response tokens, V vocabulary.
 """
 
-import contextlib
 import functools
 import hashlib
 from dataclasses import dataclass
@@ -153,10 +152,7 @@ def sequence_logp(
     input_ids[:, prompt_len:] = tokens_BT[:, :width]
     attention[:, prompt_len:] = mask_BT[:, :width].long()
     position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
-    autocast = (
-        torch.autocast(device.type, dtype=compute_dtype) if compute_dtype != torch.float32 else contextlib.nullcontext()
-    )
-    with autocast:
+    with torch.autocast(device.type, dtype=compute_dtype, enabled=compute_dtype != torch.float32):
         # logits at positions prompt_len-1 .. prompt_len+width-2 predict the response tokens
         logits = model(
             input_ids=input_ids.to(device),
