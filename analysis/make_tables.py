@@ -37,31 +37,29 @@ def sweep_tables(results: Results, sweep: str, baseline: str) -> list[Table]:
     info = results.sweeps[sweep]
     arms = _arms_in_order(results, sweep)
     scores = run_scores(results.evals[results.evals["sweep"] == sweep])
-    reference = info.get("baseline", baseline)
     tables = [
         build_table(
             scores,
             f"{sweep}-main",
             f"{sweep}: Pass@1 and Pass@K (%) on the test benchmarks, mean ± 95% CI over seeds; "
-            f"Δ is the paired difference from {reference} (paired t-test p-value).",
+            f"Δ is the paired difference from {baseline} (paired t-test p-value).",
             arms,
-            reference=reference if reference in arms else None,
+            reference=baseline if baseline in arms else None,
         )
     ]
     planned = {arm["arm"]: arm for arm in info.get("arms", [])}
     match info.get("kind"):
         case "ablation":
             full = info["reference"]
-            ablation_arms = arms
             text = {a: _changes_text(planned[a].get("changes", {})) for a in arms if a in planned}
             tables.append(
                 build_table(
                     scores,
                     f"{sweep}-ablation",
                     f"{sweep}: ablation of {full}; Pass@1 (%) per benchmark, averages, Δ from the full method.",
-                    ablation_arms,
+                    arms,
                     per_benchmark=("Pass@1",),
-                    reference=full if full in ablation_arms else None,
+                    reference=full if full in arms else None,
                     text=text,
                     text_title=f"differs from {full}",
                 )
@@ -80,7 +78,7 @@ def sweep_tables(results: Results, sweep: str, baseline: str) -> list[Table]:
                     reference=info.get("reference") if info.get("reference") in ordered else None,
                 )
             )
-        case _:
+        case _:  # compare: the main table only
             pass
     return tables
 
@@ -115,7 +113,7 @@ def sweep_figures(results: Results, sweep: str, out_dir: Path) -> list[tuple[str
             lambda stem: plot_training_curves(curves, arms, "generated_tokens", stem, sweep),
         ),
         ("pass@k against k", "pass-at-k", lambda stem: plot_pass_at_k(evals, arms, stem, sweep)),
-        ("average Pass@1 and Pass@K per arm", "bars", lambda stem: plot_ablation_bars(evals, arms, arms, stem, sweep)),
+        ("average Pass@1 and Pass@K per arm", "bars", lambda stem: plot_ablation_bars(evals, arms, stem, sweep)),
     ]
     figures = [(caption, draw(folder / f"{sweep}-{suffix}")) for caption, suffix, draw in plots]
     return [(caption, paths[0]) for caption, paths in figures]

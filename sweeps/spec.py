@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from algorithms import ALGORITHMS, Algorithm, get_algorithm
+from algorithms import ALGORITHMS, Algorithm
 from algorithms.types import Aggregation
-from training.config import RunConfig, to_dict
+from training.config import RunConfig, to_dict, with_algorithm
 
 SweepKind = Literal["ablation", "compare", "sensitivity"]
 PLAN_FILE, PLAN_MARKDOWN = "sweep.json", "plan.md"
@@ -60,7 +60,6 @@ class Sweep:
     arms: tuple[Arm, ...]
     seeds: tuple[int, ...]
     reference: str  # the arm difference columns compare against (ablation: the full method)
-    baseline: str = "grpo"
     parameter: str | None = None  # sensitivity: the swept Algorithm field
 
     def __post_init__(self) -> None:
@@ -103,7 +102,7 @@ def shared_settings(base: RunConfig, reference_preset: str, **given: Any) -> Sha
 
 
 def apply_shared(base: RunConfig, shared: Shared) -> RunConfig:
-    """The base config with the run-level shared settings (the algorithm-level ones go to ``arm_algorithm``)."""
+    """The base config with the run-level shared settings (the algorithm-level ones go to ``arm_fields``)."""
     return dataclasses.replace(
         base,
         optim=dataclasses.replace(base.optim, lr=shared.lr),
@@ -112,23 +111,19 @@ def apply_shared(base: RunConfig, shared: Shared) -> RunConfig:
     )
 
 
-def arm_algorithm(arm: Arm, shared: Shared) -> Algorithm:
-    """The preset with the shared KL coefficient, the shared aggregation if the preset keeps GRPO's, then overrides."""
+def arm_fields(arm: Arm, shared: Shared) -> dict[str, Any]:
+    """The arm's Algorithm fields over its preset: the shared KL coefficient, the shared aggregation if the preset
+    keeps GRPO's, then the arm's overrides."""
     fields: dict[str, Any] = {"kl_coef": shared.kl_coef}
     if shared.aggregation is not None and ALGORITHMS[arm.preset].aggregation == Algorithm().aggregation:
         fields["aggregation"] = shared.aggregation
-    return get_algorithm(arm.preset, **(fields | dict(arm.overrides)))
+    return fields | dict(arm.overrides)
 
 
 def run_config(sweep: Sweep, arm: Arm, seed: int, sweep_dir: Path) -> RunConfig:
     """The resolved config of one run, written to ``sweep_dir / run_id``."""
-    config = dataclasses.replace(
-        apply_shared(sweep.base, sweep.shared),
-        preset=arm.preset,
-        algorithm=arm_algorithm(arm, sweep.shared),
-        tag=arm.tag,
-        seed=seed,
-    )
+    config = with_algorithm(apply_shared(sweep.base, sweep.shared), arm.preset, **arm_fields(arm, sweep.shared))
+    config = dataclasses.replace(config, tag=arm.tag, seed=seed)
     return dataclasses.replace(config, out_dir=str(Path(sweep_dir).resolve() / config.run_id))
 
 
@@ -176,7 +171,6 @@ def plan(sweep: Sweep, runs: list[Run]) -> dict[str, Any]:
         "kind": sweep.kind,
         "profile": sweep.profile,
         "reference": sweep.reference,
-        "baseline": sweep.baseline,
         "parameter": sweep.parameter,
         "seeds": list(sweep.seeds),
         "shared": dataclasses.asdict(sweep.shared),

@@ -80,7 +80,7 @@ def sweep_dir(tmp_path: Path) -> Path:
     plan = {
         "kind": "ablation",
         "reference": "miner",
-        "baseline": "grpo",
+        "baseline": "grpo",  # written by older sweeps; the report's --baseline decides
         "shared": {"lr": 1e-4},
         "arms": [
             {"arm": "miner", "changes": {}},
@@ -151,6 +151,14 @@ def test_main_table_cell_by_cell(sweep_dir: Path):
     frame = to_frame(main)
     got = frame[(frame["row"] == "miner") & (frame["group"] == "mul") & (frame["column"] == "Pass@4")]
     assert got["mean"].item() == pytest.approx(40.0)  # 30, 40, 50
+
+
+def test_main_table_compares_with_the_baseline_given(sweep_dir: Path):
+    main, _ = sweep_tables(load_results([sweep_dir]), "abl", "miner")
+    assert ("miner", ("Δ vs miner", "Pass@1")) not in main.cells
+    assert not any(column[0] == "Δ vs grpo" for column in main.columns)
+    # Average Pass@4: grpo 45, 50, 55 against miner 50, 60, 70 -> -5, -10, -15
+    assert main.cells[("grpo", ("Δ vs miner", "Pass@4"))].mean == pytest.approx(-10.0)
 
 
 def test_ablation_table_compares_with_the_full_method(sweep_dir: Path):
