@@ -157,9 +157,7 @@ def plot_pass_at_k(evals: pd.DataFrame, arms: list[str], path_stem: Path, title:
     return _save(fig, path_stem)
 
 
-def plot_ablation_bars(
-    evals: pd.DataFrame, arms: list[str], labels: list[str], path_stem: Path, title: str
-) -> list[Path]:
+def plot_ablation_bars(evals: pd.DataFrame, arms: list[str], path_stem: Path, title: str) -> list[Path]:
     """Average Pass@1 and Pass@K over benchmarks per arm: bars at the mean, error bars the 95% t-interval."""
     sns.set_theme(style="whitegrid", context="paper")
     scores = run_scores(evals[evals["arm"].isin(arms)])
@@ -175,7 +173,7 @@ def plot_ablation_bars(
         for position, arm in zip(positions, arms, strict=True):  # each seed as a dot over its bar
             values = scores.loc[arm, column].to_numpy()
             ax.scatter(np.full(len(values), position), values, color="black", s=8, zorder=3)
-        ax.set_xticks(positions, labels, rotation=20, ha="right")
+        ax.set_xticks(positions, arms, rotation=20, ha="right")
         ax.set_ylabel(f"average {column[1]} (%)")
         ax.set_title(f"average {column[1]}")
     fig.suptitle(f"{title}: mean over seeds, 95% t-interval; dots are seeds")

@@ -109,15 +109,13 @@ def _majority_bootstrap(
     samples: list[tuple[int, str | None, bool]], rng: np.random.Generator, replicates: int
 ) -> tuple[bool, np.ndarray]:
     """maj@n of one problem, and its value in each replicate (answer counts redrawn from their frequencies)."""
-    answers = [s[1] for s in samples]
-    winner = majority_vote(answers)
-    observed = winner is not None and samples[winner][2]
-    keys = [normalize_answer(a) if a is not None else None for a in answers]
+    keys = [normalize_answer(s[1]) if s[1] is not None else None for s in samples]
     order = list(dict.fromkeys(key for key in keys if key is not None))  # distinct answers by first appearance
     if not order:
-        return observed, np.zeros(replicates, dtype=float)
+        return False, np.zeros(replicates, dtype=float)
     counts = np.array([keys.count(key) for key in order] + [keys.count(None)], dtype=np.float64)
     right = np.array([samples[keys.index(key)][2] for key in order], dtype=float)
+    observed = bool(right[np.argmax(counts[:-1])])  # majority_vote's winner: the first answer with the most votes
     drawn_RA = rng.multinomial(len(samples), counts / counts.sum(), size=replicates)[:, :-1]  # drop the None bucket
     won_R = np.argmax(drawn_RA, axis=1)  # the first maximum: ties go to the earliest-appearing answer
     return observed, np.where(drawn_RA.max(axis=1) > 0, right[won_R], 0.0)

@@ -51,10 +51,10 @@ def chunk_seed(seed: int, benchmark: str, chunk: int) -> int:
     return (seed * 1_000_003 + zlib.crc32(benchmark.encode()) * 65_537 + chunk) % 2**63
 
 
-def package_versions() -> dict[str, str | None]:
-    """Installed versions of the packages a score depends on (None when absent)."""
+def package_versions(names: Sequence[str] = VERSIONED_PACKAGES) -> dict[str, str | None]:
+    """Installed versions of ``names`` (by default the packages a score depends on); None when absent."""
     versions: dict[str, str | None] = {}
-    for name in VERSIONED_PACKAGES:
+    for name in names:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

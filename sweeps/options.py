@@ -15,7 +15,7 @@ from training.config import PROFILES, RunConfig, apply_overrides
 
 AGGREGATIONS = list(Aggregation.__args__)
 # Steps per run of a sweep when --steps is not given, where it differs from the profile's own: the embedded default's
-# 4 arms x 3 seeds must finish in ten minutes on 2 cores (a single tiny run trains 100 steps, about 100 s).
+# 4 arms x 3 seeds must finish in ten minutes on 2 cores (a single tiny run trains 100; docs/PERFORMANCE.md item 5).
 SWEEP_STEPS = {"tiny": 40}
 
 

@@ -11,7 +11,6 @@ import pytest
 from algorithms import ALGORITHMS
 from training.config import (
     PROFILES,
-    RunConfig,
     apply_overrides,
     config_hash,
     from_dict,
@@ -113,8 +112,3 @@ def test_cli_bad_key_exits_2_without_traceback():
     )  # fmt: skip
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == ["error: unknown config key 'rollout.temprature'"]
-
-
-def test_default_config_is_valid_for_the_default_rows():
-    config = RunConfig()
-    assert (config.rollout.prompts_per_step * config.rollout.group_size) % config.optim.mini_batches == 0

@@ -91,25 +91,27 @@ def collect(
         groups -= 1
     train_batch = concat(kept, pad_id).select(list(range(groups * G))) if groups else None
     trained = train_batch.num_tokens if train_batch is not None else 0
-    metrics = rollout_metrics(concat(rounds, pad_id), G) | {
+    metrics = rollout_metrics(rounds, G) | {
         "rollout/rounds": float(len(rounds)),
         "rollout/groups_kept": float(groups),
     }
     return Collected(train_batch, data_position, generated, generated - trained, metrics, time_rollout, time_grade)
 
 
-def rollout_metrics(batch: StepBatch, group_size: int) -> dict[str, float]:
-    """rollout/* over the given rows. Group kinds are by correctness: mixed, all correct, all wrong."""
-    correct_PG = batch.correct_B.view(-1, group_size)
-    num_correct_P = correct_PG.sum(-1)
-    lengths_B = batch.lengths_B.float()
+def rollout_metrics(batches: list[StepBatch], group_size: int) -> dict[str, float]:
+    """rollout/* over the rows of ``batches`` (per-row vectors only: no token tensor is copied). Group kinds are by
+    correctness: mixed, all correct, all wrong."""
+    correct_B = torch.cat([b.correct_B for b in batches])
+    num_correct_P = correct_B.view(-1, group_size).sum(-1)
+    lengths_B = torch.cat([b.lengths_B for b in batches]).float()
+    truncated_B = torch.cat([b.truncated_B for b in batches])
     return {
-        "rollout/reward_mean": batch.rewards_B.mean().item(),
-        "rollout/acc_mean": batch.correct_B.float().mean().item(),
+        "rollout/reward_mean": torch.cat([b.rewards_B for b in batches]).mean().item(),
+        "rollout/acc_mean": correct_B.float().mean().item(),
         "rollout/frac_mixed": ((num_correct_P > 0) & (num_correct_P < group_size)).float().mean().item(),
         "rollout/frac_all_correct": (num_correct_P == group_size).float().mean().item(),
         "rollout/frac_all_wrong": (num_correct_P == 0).float().mean().item(),
         "rollout/response_len_mean": lengths_B.mean().item(),
         "rollout/response_len_max": lengths_B.max().item(),
-        "rollout/truncated_frac": batch.truncated_B.float().mean().item(),
+        "rollout/truncated_frac": truncated_B.float().mean().item(),
     }

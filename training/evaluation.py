@@ -4,14 +4,13 @@ Rows of ``eval.jsonl``: {"step", "split": "dev"|"test", "task", "metric", "value
 per benchmark and metric (avg@n, pass@k, maj@n), written by rank 0 only.
 """
 
-import importlib.metadata
 import platform
 import subprocess
 from pathlib import Path
 from typing import Any
 
 from evals import resolve_benchmarks
-from evals.run import evaluate
+from evals.run import evaluate, package_versions
 from rollout import Engine
 from training.batch import derive_seed
 from training.config import EvalConfig, RunConfig
@@ -82,12 +81,8 @@ def run_meta(config: RunConfig, given: dict[str, Any]) -> dict[str, Any]:
     repo = Path(__file__).resolve().parents[1]
     sha = _git(repo, "rev-parse", "HEAD")
     status = _git(repo, "status", "--porcelain", "--untracked-files=no")
-    versions = {"python": platform.python_version()}
-    for package in PACKAGES:
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            continue
+    installed = {name: version for name, version in package_versions(PACKAGES).items() if version is not None}
+    versions = {"python": platform.python_version()} | installed
     return {
         "git_sha": sha,
         "git_dirty": None if status is None else bool(status),
