@@ -15,6 +15,13 @@ median over repeats is reported.
 
     python bench/bench_step.py [--model embedded|random|DIR] [--steps 10] [--warmup 2] [--repeats 3]
         [--dtype float32|bfloat16] [--attention sdpa|eager] [--override optim.skip_zero_advantage_backward=false]
+        [--profile]
+
+``--profile`` adds one more run of each side under ``torch.profiler`` (not timed with the others) and prints where
+its step goes: operator self time by kind (matrix products, attention kernels, every other operator) and the rest
+of the wall time (Python, the framework, waiting), each per step. Every matrix product the run made is then replayed
+alone, once per call, on random operands of the same shapes: their sum is the step's matrix-product floor, the time
+any implementation running these products through torch's own kernels must spend.
 """
 
 import argparse
@@ -26,12 +33,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS, GROUP, LR = 16, 8, 1e-4
+GEMMS = ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm")
+ATTENTION = ("scaled_dot_product", "flash_attention", "_efficient_attention")
 
 
 def resolve_model(name: str, scratch: Path) -> Path:
@@ -173,11 +183,62 @@ def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def run_side(side: str, model_dir: Path, out_dir: Path, args: argparse.Namespace) -> dict:
+def profiled(run, model_dir: Path, out_dir: Path, args: argparse.Namespace) -> dict:
+    """``run`` under ``torch.profiler``; over its steps after the warm-up: seconds per step of operator self time by
+    kind, of the wall time outside operators, and of the matrix products replayed alone (the floor)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        trace_start = time.time()  # event times are microseconds from the trace's start
+        result = run(model_dir, out_dir, args)
+    ends = result["ends"]
+    first, last = ((ends[i] - trace_start) * 1e6 for i in (args.warmup - 1, -1))
+    steps = len(ends) - args.warmup
+    kinds = {"matrix products": 0.0, "attention": 0.0, "other operators": 0.0}
+    gemms: Counter = Counter()
+    for event in prof.events():
+        if not first <= event.time_range.start < last:
+            continue
+        seconds = event.self_cpu_time_total / 1e6
+        if event.name in GEMMS:
+            kinds["matrix products"] += seconds
+            gemms[event.name, tuple(map(tuple, event.input_shapes)), tuple(event.input_dtypes)] += 1
+        elif any(name in event.name for name in ATTENTION):
+            kinds["attention"] += seconds
+        elif event.name.startswith("aten::"):
+            kinds["other operators"] += seconds
+    kinds["outside operators"] = (last - first) / 1e6 - sum(kinds.values())
+    return {"per_step_s": {k: v / steps for k, v in kinds.items()}, "gemm_floor_s": replay(gemms) / steps}
+
+
+def replay(gemms: Counter) -> float:
+    """Seconds to run each recorded matrix product alone, as many times as it was called, on contiguous random
+    operands of its shapes and dtypes."""
+    functions = dict(zip(GEMMS, (torch.mm, torch.bmm, torch.addmm, torch.baddbmm), strict=True))
+    total = 0.0
+    for (name, shapes, dtypes), count in gemms.items():
+        arity = 3 if name in ("aten::addmm", "aten::baddbmm") else 2
+        tensors = list(zip(shapes, dtypes, strict=True))[:arity]  # addmm's beta and alpha are not tensors
+        operands = [torch.randn(shape, dtype=_dtype(dtype)) for shape, dtype in tensors]
+        functions[name](*operands)  # first touch and kernel selection, not timed
+        start = time.perf_counter()
+        for _ in range(count):
+            functions[name](*operands)
+        total += time.perf_counter() - start
+    return total
+
+
+def _dtype(name: str) -> torch.dtype:
+    """The profiler's dtype name ('float', 'c10::BFloat16') as a torch dtype."""
+    return {"float": torch.float32, "c10::BFloat16": torch.bfloat16, "c10::Half": torch.float16}[name]
+
+
+def run_side(side: str, model_dir: Path, out_dir: Path, args: argparse.Namespace, profile: bool = False) -> dict:
     """One side's run in a fresh interpreter: no global torch state (deterministic mode, threads) and no grading
     cache carries over from the other side."""
     out_dir.mkdir(parents=True)
     command = [sys.executable, __file__, "--run-side", side, "--model", str(model_dir), "--steps", str(args.steps)]
+    command += ["--profile"] if profile else []
     command += ["--max-new-tokens", str(args.max_new_tokens), "--threads", str(args.threads)]
     command += ["--micro-batch", str(args.micro_batch), "--dtype", args.dtype, "--attention", args.attention]
     command += [f"--override={o}" for o in args.override]
@@ -187,6 +248,20 @@ def run_side(side: str, model_dir: Path, out_dir: Path, args: argparse.Namespace
     if done.returncode:
         raise RuntimeError(f"the {side} run failed:\n{done.stderr[-3000:]}")
     return json.loads((out_dir / "run.json").read_text())
+
+
+def print_profile(profiles: dict[str, dict], summary: dict[str, float]) -> None:
+    """Where a profiled step goes, per side, and the matrix-product floor against a third of TRL's step."""
+    names = {"ours": "ours", "trl": "TRL"}
+    print("\nprofiled run, seconds per step after the warm-up (the profiler's own overhead included):")
+    print(f"{'':<40}" + "".join(f"{names[side]:>9}" for side in profiles))
+    for kind in next(iter(profiles.values()))["per_step_s"]:
+        print(f"{kind:<40}" + "".join(f"{p['per_step_s'][kind]:>9.3f}" for p in profiles.values()))
+    floor = "matrix products replayed alone (floor)"
+    print(f"{floor:<40}" + "".join(f"{p['gemm_floor_s']:>9.3f}" for p in profiles.values()))
+    if {"ours", "trl"} <= set(profiles):
+        target, floor_s = summary["trl"] / 3, profiles["ours"]["gemm_floor_s"]
+        print(f"3x TRL: a step of {target:.3f} s; our matrix-product floor: {floor_s:.3f} s ({floor_s / target:.0%})")
 
 
 def main() -> None:
@@ -204,6 +279,7 @@ def main() -> None:
     parser.add_argument(
         "--override", action="append", default=[], help="ours only, for A/B runs: a config field, KEY=VALUE"
     )
+    parser.add_argument("--profile", action="store_true", help="one more profiled run per side: where a step goes")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "step.json"))
     parser.add_argument("--run-side", choices=["ours", "trl"], help=argparse.SUPPRESS)  # internal: one side's run
     args = parser.parse_args()
@@ -211,7 +287,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
         with tempfile.TemporaryDirectory() as scratch:
             run = {"ours": run_ours, "trl": run_trl}[args.run_side]
-            result = run(Path(args.model), Path(scratch) / "run", args)
+            inputs = (Path(args.model), Path(scratch) / "run", args)
+            result = profiled(run, *inputs) if args.profile else run(*inputs)
         Path(args.out).write_text(json.dumps(result))
         return
     if not 1 <= args.warmup < args.steps - 1:
@@ -232,6 +309,10 @@ def main() -> None:
                     f"(steps {', '.join(f'{s:.2f}' for s in result['step_s'])})",
                     flush=True,
                 )
+        profiles = {
+            side: run_side(side, model_dir, Path(scratch) / f"{side}-profile", args, profile=True)
+            for side in (sides if args.profile else [])
+        }
     medians = {side: [statistics.median(r["step_s"]) for r in runs[side]] for side in sides}
     summary = {side: statistics.median(medians[side]) for side in sides}
     tokens = {side: statistics.median(t for r in runs[side] for t in r["tokens"][args.warmup :]) for side in sides}
@@ -280,6 +361,9 @@ def main() -> None:
         }
         result["ours_median_parts_s"] = parts
         print("ours, median seconds per step: " + ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in parts.items()))
+    if profiles:
+        result["profile_per_step_s"] = profiles
+        print_profile(profiles, summary)
     print(f"load average before {load_before}, after {result['load_average_after']}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
