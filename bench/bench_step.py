@@ -328,8 +328,7 @@ def main() -> None:
             f"{tokens[side] / summary[side]:>10.0f}"
         )
     result = {
-        "command": "python bench/bench_step.py "
-        + " ".join(f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()),
+        "command": "python bench/bench_step.py " + " ".join(sys.argv[1:]),
         "model": args.model,
         "prompts": PROMPTS,
         "group_size": GROUP,
