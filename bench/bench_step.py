@@ -20,8 +20,8 @@ median over repeats is reported.
 ``--profile`` adds one more run of each side under ``torch.profiler`` (not timed with the others) and prints where
 its step goes: operator self time by kind (matrix products, attention kernels, every other operator) and the rest
 of the wall time (Python, the framework, waiting), each per step. Every matrix product the run made is then replayed
-alone, once per call, on random operands of the same shapes: their sum is the step's matrix-product floor, the time
-any implementation running these products through torch's own kernels must spend.
+alone, once per call, on random operands of the same shapes: their sum is the step's matrix-product floor, what
+these products cost on torch's own kernels with nothing else running.
 """
 
 import argparse
@@ -41,7 +41,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS, GROUP, LR = 16, 8, 1e-4
 GEMMS = ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm")
-ATTENTION = ("scaled_dot_product", "flash_attention", "_efficient_attention")
+ATTENTION = "scaled_dot_product"  # SDPA and its kernels, forward and backward (eager attention counts as matmuls)
 
 
 def resolve_model(name: str, scratch: Path) -> Path:
@@ -203,7 +203,7 @@ def profiled(run, model_dir: Path, out_dir: Path, args: argparse.Namespace) -> d
         if event.name in GEMMS:
             kinds["matrix products"] += seconds
             gemms[event.name, tuple(map(tuple, event.input_shapes)), tuple(event.input_dtypes)] += 1
-        elif any(name in event.name for name in ATTENTION):
+        elif ATTENTION in event.name:
             kinds["attention"] += seconds
         elif event.name.startswith("aten::"):
             kinds["other operators"] += seconds
