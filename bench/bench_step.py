@@ -40,7 +40,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS, GROUP, LR = 16, 8, 1e-4
-GEMMS = ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm")
+GEMMS = {"aten::mm": torch.mm, "aten::bmm": torch.bmm, "aten::addmm": torch.addmm, "aten::baddbmm": torch.baddbmm}
 ATTENTION = "scaled_dot_product"  # SDPA and its kernels, forward and backward (eager attention counts as matmuls)
 
 
@@ -214,16 +214,15 @@ def profiled(run, model_dir: Path, out_dir: Path, args: argparse.Namespace) -> d
 def replay(gemms: Counter) -> float:
     """Seconds to run each recorded matrix product alone, as many times as it was called, on contiguous random
     operands of its shapes and dtypes."""
-    functions = dict(zip(GEMMS, (torch.mm, torch.bmm, torch.addmm, torch.baddbmm), strict=True))
     total = 0.0
     for (name, shapes, dtypes), count in gemms.items():
-        arity = 3 if name in ("aten::addmm", "aten::baddbmm") else 2
-        tensors = list(zip(shapes, dtypes, strict=True))[:arity]  # addmm's beta and alpha are not tensors
+        arity = 3 if name.startswith("aten::add") else 2  # addmm's and baddbmm's beta and alpha are not tensors
+        tensors = list(zip(shapes, dtypes, strict=True))[:arity]
         operands = [torch.randn(shape, dtype=_dtype(dtype)) for shape, dtype in tensors]
-        functions[name](*operands)  # first touch and kernel selection, not timed
+        GEMMS[name](*operands)  # first touch and kernel selection, not timed
         start = time.perf_counter()
         for _ in range(count):
-            functions[name](*operands)
+            GEMMS[name](*operands)
         total += time.perf_counter() - start
     return total
 
