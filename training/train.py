@@ -53,6 +53,7 @@ from training.distributed import (
     wrap_model,
 )
 from training.evaluation import evaluate_rows, run_meta, select_score
+from training.memory import peak_memory_gib, reset_peak_memory
 from training.update import TrainingDiverged, batch_logps, lr_factor, old_policy_forward_needed, update_policy
 
 
@@ -187,13 +188,16 @@ def _train(config: RunConfig, resume: str, meta: dict[str, Any], info: DistInfo)
     wall_time = state.wall_time_s  # of earlier attempts, up to the checkpoint; this attempt's setup counts too
     for step in range(state.step + 1, config.steps + 1):
         step_start = time.perf_counter()
+        reset_peak_memory(info.device)
         collected = collect(engine, problems, prompts, config, step, state.data_position, info, pad_id)
         batch = collected.batch
         row: dict[str, Any] = {"step": step, "time": time.time()} | collected.metrics | dict.fromkeys(POLICY_KEYS)
+        row["memory/rollout_peak_gib"] = peak_memory_gib(info.device)
         times = {"time/rollout": collected.time_rollout, "time/grade": collected.time_grade}
         adv_BT = None
         if batch is not None:
             start = time.perf_counter()
+            reset_peak_memory(info.device)
             logp_model = unwrap(trainer) if not is_sharded(trainer) else trainer
             old_logp_BT = old_entropy_BT = None  # one optimiser step, advantages blind to it: the trainer's own logp
             if old_policy_forward_needed(config):
@@ -206,7 +210,9 @@ def _train(config: RunConfig, resume: str, meta: dict[str, Any], info: DistInfo)
             adv_BT = advantages.adv_BT
             row |= {f"algo/{key}": value.item() for key, value in advantages.metrics.items()}
             times["time/logp"] = time.perf_counter() - start
+            row["memory/logp_peak_gib"] = peak_memory_gib(info.device)
             start = time.perf_counter()
+            reset_peak_memory(info.device)
             try:
                 row |= update_policy(
                     trainer, optimizer, scheduler, batch, old_logp_BT, ref_logp_BT, adv_BT, config, info, step, pad_id
@@ -218,6 +224,7 @@ def _train(config: RunConfig, resume: str, meta: dict[str, Any], info: DistInfo)
                 generator_model.load_state_dict(full_state_dict(trainer))
             engine.sync_weights(generator_model)
             times["time/update"] = time.perf_counter() - start
+            row["memory/update_peak_gib"] = peak_memory_gib(info.device)
         row.setdefault("optim/lr", scheduler.get_last_lr()[0])
         state = dataclasses.replace(
             state,
