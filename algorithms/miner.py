@@ -14,6 +14,10 @@ Semantics follow the authors' public code (the ``miner`` advantage estimator of 
 * Calibration (once per training batch): s = min(1, lambda * sum|A_verifiable| / sum|A_intrinsic|) over all
   trained tokens, s = 0 when sum|A_verifiable| = 0 (no mixed group); intrinsic advantages are multiplied by s.
   Departure: the code leaves s undefined when there is no intrinsic advantage to scale; we report s = 1 then.
+* Metrics beyond the authors' (whether the mechanism is in play): ``frac_all_correct_varied`` = share of the P
+  groups that are all-correct with some a_i > 0 (their responses' l_i differ; identical responses give a_i = 0);
+  ``intrinsic_mass_share`` = sum|s * A_intrinsic| / (sum|A_verifiable| + sum|s * A_intrinsic|) over trained
+  tokens, homogeneous groups' verifiable advantages zeroed first (0 when both sums are 0).
 Not carried over (absent from the paper's main setting and set off in the authors' launch script): the
 ``clip_high``/``clip_low`` rescaling of intrinsic credit, the warm-up ``threshold`` and the adaptive ``alpha``.
 """
@@ -109,9 +113,14 @@ def miner_advantages(
 
     chosen_BT = (seq_adv_B != 0)[:, None] & mask_BT
     chosen = chosen_BT.sum()
+    varied_P = all_correct_P & ((bonus_PG * has_tokens_PG) > 0).any(dim=-1)  # the responses' l_i are not all equal
+    intrinsic_mass = intrinsic_BT.abs().sum(dtype=torch.float64)
+    total_mass = verifiable_BT.abs().sum(dtype=torch.float64) + intrinsic_mass
     metrics = {
         "frac_mixed": (~uniform_P).float().mean(),
         "frac_all_correct": all_correct_P.float().mean(),
+        "frac_all_correct_varied": varied_P.float().mean(),
+        "intrinsic_mass_share": (intrinsic_mass / total_mass.clamp(min=1e-300)).float(),
         "frac_all_wrong": all_wrong_P.float().mean(),
         "calibration_scale": scale.float(),
         "intrinsic_adv_mean": intrinsic_BT[chosen_BT].sum() / chosen.clamp(min=1),

@@ -90,9 +90,10 @@ class AdvantageOutput:
     """``adv_BT``: float32 advantages, zero outside the mask. ``metrics``: detached scalars over the whole batch.
 
     Keys: ``nonzero_adv_frac`` (share of trained tokens with a nonzero advantage) always; with Miner's
-    ``intrinsic`` on also ``frac_mixed``, ``frac_all_correct``, ``frac_all_wrong`` (shares of groups),
-    ``calibration_scale`` (s), ``intrinsic_adv_mean`` and ``intrinsic_adv_max`` (over the trained tokens of rows
-    that received an intrinsic advantage, after calibration; 0 when there are none).
+    ``intrinsic`` on also ``frac_mixed``, ``frac_all_correct``, ``frac_all_wrong``, ``frac_all_correct_varied``
+    (shares of groups), ``calibration_scale`` (s), ``intrinsic_mass_share`` (algorithms/miner.py gives each formula),
+    ``intrinsic_adv_mean`` and ``intrinsic_adv_max`` (over the trained tokens of rows that received an intrinsic
+    advantage, after calibration; 0 when there are none).
     """
 
     adv_BT: Tensor

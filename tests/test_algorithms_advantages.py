@@ -140,6 +140,21 @@ def test_miner_focal_calibrated_by_hand():
     close(out.metrics["frac_all_correct"], 1 / 3)
     close(out.metrics["frac_all_wrong"], 1 / 3)
     close(out.metrics["nonzero_adv_frac"], 6 / 12)  # 4 mixed tokens + 2 intrinsic tokens of 12
+    close(out.metrics["frac_all_correct_varied"], 1 / 3)  # its rows' l differ (ln 0.5 vs 0): a = ln2/2 > 0
+    # intrinsic mass 2 tokens * intrinsic; verifiable mass 4 * A_MIXED (the homogeneous groups' are 0)
+    close(out.metrics["intrinsic_mass_share"], 2 * intrinsic / (4 * A_MIXED + 2 * intrinsic))
+
+
+def test_miner_identical_correct_responses_get_no_intrinsic_advantage():
+    # groups of 2: mixed (1, 0), then all-correct with the same l = -1 in both rows (identical responses)
+    old_logp_BT = torch.tensor([[-0.5], [-0.5], [-1.0], [-1.0]])
+    out = advantages_with_metrics(
+        get_algorithm("miner"), torch.tensor([1.0, 0, 1, 1]), old_logp_BT, FULL_22[:, :1].repeat(2, 1), 2
+    )
+    close(out.metrics["frac_all_correct"], 0.5)
+    close(out.metrics["frac_all_correct_varied"], 0.0)  # a = max(0, -1 - (-1)) = 0 for both rows
+    close(out.metrics["intrinsic_mass_share"], 0.0)
+    close(out.metrics["calibration_scale"], 1.0)  # nothing to scale: reported as 1
 
 
 @pytest.mark.parametrize(
