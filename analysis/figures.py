@@ -1,8 +1,10 @@
 """Figures, one function each, saved as PNG and PDF: training curves, pass@k curves, ablation bars.
 
-Bands and error bars are the same 95% t-intervals over seeds as the tables (``analysis.stats.mean_ci``). Against
-generated tokens each run is linearly interpolated onto a shared grid spanning the token range every seed of
-the arm covers, so arms are compared at equal cost.
+Bands and error bars are the same 95% t-intervals over seeds as the tables (``analysis.stats.mean_ci``). A
+training curve is smoothed per run first (a centred rolling mean: each step samples a new batch, so raw values
+carry batch noise), then banded over seeds, so a band shows how much seeds differ, not how noisy a step is.
+Against generated tokens each run is linearly interpolated onto a shared grid spanning the token range every
+seed of the arm covers, so arms are compared at equal cost.
 """
 
 import math
@@ -28,7 +30,9 @@ CURVES = (
     ("policy/entropy", "entropy"),
     ("rollout/response_len_mean", "response length"),
     ("rollout/frac_all_correct", "all-correct fraction"),
+    ("algo/frac_all_correct_varied", "all-correct, varied responses"),
     ("algo/calibration_scale", "calibration scale"),
+    ("algo/intrinsic_mass_share", "intrinsic share of advantage mass"),
 )
 TOKEN_GRID = 60  # points on the shared generated-token axis
 SMOOTHING = 5  # training-curve points averaged in the centred rolling mean
@@ -54,13 +58,21 @@ def _band(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"x": table.index.to_numpy(dtype=float), "mean": mean, "low": mean - half, "high": mean + half})
 
 
-def curve_band(curves: pd.DataFrame, arm: str, metric: str, x: str) -> pd.DataFrame:
-    """Mean and band of ``metric`` for ``arm`` over seeds, against "step" or "generated_tokens"."""
+def smooth(values: pd.Series | pd.DataFrame, window: int) -> pd.Series | pd.DataFrame:
+    """A centred rolling mean over ``window`` points (fewer at the ends), per column; window <= 1 leaves it as is."""
+    if window <= 1:
+        return values
+    return values.rolling(window, center=True, min_periods=1).mean()
+
+
+def curve_band(curves: pd.DataFrame, arm: str, metric: str, x: str, window: int = 1) -> pd.DataFrame:
+    """Mean and band over seeds of ``metric`` for ``arm`` against "step" or "generated_tokens", each run's curve
+    smoothed over ``window`` of its own points first (``smooth``)."""
     rows = curves[(curves["arm"] == arm) & (curves["metric"] == metric)]
     if rows.empty:
         return pd.DataFrame(columns=["x", "mean", "low", "high"])
     if x == "step":
-        return _band(rows.pivot_table(index="step", columns="run", values="value", aggfunc="first"))
+        return _band(smooth(rows.pivot_table(index="step", columns="run", values="value", aggfunc="first"), window))
     runs = [r.sort_values("generated_tokens") for _, r in rows.dropna(subset=["generated_tokens"]).groupby("run")]
     if not runs:
         return pd.DataFrame(columns=["x", "mean", "low", "high"])
@@ -68,28 +80,21 @@ def curve_band(curves: pd.DataFrame, arm: str, metric: str, x: str) -> pd.DataFr
     high = min(r["generated_tokens"].max() for r in runs)
     grid = np.linspace(low, high, TOKEN_GRID) if high > low else np.array([low])
     table = pd.DataFrame(
-        {i: np.interp(grid, r["generated_tokens"], r["value"]) for i, r in enumerate(runs)}, index=grid
+        {i: np.interp(grid, r["generated_tokens"], smooth(r["value"], window)) for i, r in enumerate(runs)},
+        index=grid,
     )
     return _band(table)
-
-
-def smooth(band: pd.DataFrame, window: int) -> pd.DataFrame:
-    """A centred rolling mean of the mean and band columns (each step samples a new batch, so raw curves are noisy)."""
-    if window <= 1 or len(band) < 2 * window:
-        return band
-    columns = ["mean", "low", "high"]
-    return band.assign(**{c: band[c].rolling(window, center=True, min_periods=1).mean() for c in columns})
 
 
 def plot_training_curves(curves: pd.DataFrame, arms: list[str], x: str, path_stem: Path, title: str) -> list[Path]:
     """One panel per metric of CURVES, one line per arm with its seed band; x is "step" or "generated_tokens"."""
     sns.set_theme(style="whitegrid", context="paper")
     colors = _palette(arms)
-    fig, axes = plt.subplots(2, 3, figsize=(13, 6.5), squeeze=False)
+    fig, axes = plt.subplots(2, 4, figsize=(17, 6.5), squeeze=False)
     for ax, (metric, label) in zip(axes.flat, CURVES, strict=True):
         drawn = False
         for arm in arms:
-            band = smooth(curve_band(curves, arm, metric, x), SMOOTHING)
+            band = curve_band(curves, arm, metric, x, SMOOTHING)
             if band.empty:
                 continue
             marker = "o" if len(band) == 1 else None  # a single shared point: a line would not show
@@ -109,7 +114,7 @@ def plot_training_curves(curves: pd.DataFrame, arms: list[str], x: str, path_ste
     handles, labels = next(((h, lab) for h, lab in (a.get_legend_handles_labels() for a in axes.flat) if h), ([], []))
     if handles:
         fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), bbox_to_anchor=(0.5, -0.04))
-    fig.suptitle(f"{title}: mean over seeds, 95% t-interval band (rolling mean over {SMOOTHING} points)")
+    fig.suptitle(f"{title}: each run smoothed over {SMOOTHING} points, then mean over seeds and 95% t-interval band")
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     return _save(fig, path_stem)
 

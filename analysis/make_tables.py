@@ -4,8 +4,10 @@
 
 With no directory it reads every sweep under results/. Per sweep: the main table (every arm, difference from
 the baseline arm with a paired test), the ablation table when its sweep.json says ``"kind": "ablation"``, the
-sensitivity table for ``"sensitivity"``; training curves against step and generated tokens, pass@k curves,
-ablation bars. Runs in progress (no summary.json) are left out and listed.
+sensitivity table for ``"sensitivity"``, each followed by one sentence per comparison (difference, CI, p-value,
+the difference the seeds could detect); the mechanism table (``analysis.mechanisms``: which mechanism each arm
+exercised); training curves against step and generated tokens, pass@k curves, ablation bars. Runs in progress
+(no summary.json) are left out and listed.
 """
 
 import argparse
@@ -17,7 +19,8 @@ if __package__ in (None, ""):  # run as a plain file: make the repo root importa
 
 from analysis.figures import plot_ablation_bars, plot_pass_at_k, plot_training_curves
 from analysis.load import Results, load_results, save_results
-from analysis.tables import Table, build_table, run_scores, to_frame, to_latex, to_markdown
+from analysis.mechanisms import EDGE_STEPS, mechanism_table
+from analysis.tables import Table, build_table, comparison_sentences, run_scores, to_frame, to_latex, to_markdown
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -139,9 +142,24 @@ def make_report(paths: list[Path], out_dir: Path, baseline: str = "grpo") -> Res
         if not (results.evals["sweep"] == sweep).any():
             lines += ["No finished runs yet.", ""]
             continue
+        scores = run_scores(results.evals[results.evals["sweep"] == sweep])
         for table in sweep_tables(results, sweep, baseline):
             lines += [f"### {table.caption}", "", write_table(table, out_dir)]
             lines += [f"[LaTeX](tables/{table.name}.tex) · [CSV](tables/{table.name}.csv)", ""]
+            if table.reference is not None:
+                sentences = comparison_sentences(scores, list(table.rows), table.reference)
+                lines += ["Average Pass@1, paired over seeds (t-test; detectable: 80% power at alpha 0.05):", ""]
+                lines += [f"- {sentence}" for sentence in sentences] + [""]
+        table = mechanism_table(
+            results.curves[results.curves["sweep"] == sweep],
+            _arms_in_order(results, sweep),
+            f"{sweep}-mechanisms",
+            f"{sweep}: mechanisms in play, per run then mean ± 95% CI over seeds: shares of group kinds, of "
+            f"all-correct groups with a nonzero intrinsic advantage, calibration scale s, intrinsic share of the "
+            f"advantage mass, entropy over the first and last {EDGE_STEPS} steps, response length, tokens, time.",
+        )
+        lines += [f"### {table.caption}", "", write_table(table, out_dir)]
+        lines += [f"[LaTeX](tables/{table.name}.tex) · [CSV](tables/{table.name}.csv)", ""]
         for caption, png in sweep_figures(results, sweep, out_dir):
             pdf = png.with_suffix(".pdf").relative_to(out_dir)
             lines += [f"### {caption}", "", f"![{caption}]({png.relative_to(out_dir)})", f"[PDF]({pdf})", ""]

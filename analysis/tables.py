@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from analysis.load import FINAL_SPLIT
-from analysis.stats import mean_ci, paired_diff
+from analysis.stats import PairedDiff, mean_ci, paired_diff
 
 AVERAGE = "Average"
 DIGITS = 1  # printed precision, in percentage points
@@ -32,6 +32,7 @@ class Cell:
     p_value: float | None = None  # set on difference cells
     bold: bool = False
     text: str | None = None  # a text cell (e.g. what an ablation arm changed) instead of a number
+    digits: int = DIGITS  # printed decimals
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class Table:
     row_labels: tuple[str, ...]
     columns: tuple[tuple[str, str], ...]
     cells: dict[tuple[str, tuple[str, str]], Cell]
+    reference: str | None = None  # the arm the difference columns compare against
 
 
 def _pass1_metric(metrics: set[str]) -> str | None:
@@ -139,7 +141,8 @@ def build_table(
         columns.append(("", text_title))
         for arm in arms:
             cells[(arm, ("", text_title))] = Cell(math.nan, math.nan, 0, text=text.get(arm, ""))
-    return Table(name, caption, "method", tuple(arms), tuple(row_labels or arms), tuple(columns), cells)
+    rows, labels = tuple(arms), tuple(row_labels or arms)
+    return Table(name, caption, "method", rows, labels, tuple(columns), cells, reference)
 
 
 def format_cell(cell: Cell | None, plus_minus: str = " ± ") -> str:
@@ -149,9 +152,9 @@ def format_cell(cell: Cell | None, plus_minus: str = " ± ") -> str:
     if cell.text is not None:
         return cell.text
     sign = "+" if cell.p_value is not None else ""
-    out = f"{cell.mean:{sign}.{DIGITS}f}"
+    out = f"{cell.mean:{sign}.{cell.digits}f}"
     if not math.isnan(cell.half_width):
-        out += f"{plus_minus}{cell.half_width:.{DIGITS}f}"
+        out += f"{plus_minus}{cell.half_width:.{cell.digits}f}"
     if cell.p_value is not None and not math.isnan(cell.p_value):
         out += f" (p={cell.p_value:.2g})"
     return out
@@ -238,3 +241,33 @@ def to_frame(table: Table) -> pd.DataFrame:
                 }
             )
     return pd.DataFrame(records)
+
+
+def comparison_sentence(arm: str, reference: str, diff: PairedDiff, alpha: float = 0.05) -> str:
+    """One plain sentence from a paired difference, e.g. 'miner vs grpo: +1.2 points (95% CI -0.8..3.2, p = 0.12):
+    not significant at 3 seeds; detectable difference 3.3 points.' (detectable: 80% power at level ``alpha``)."""
+    head = f"{arm} vs {reference}:"
+    if diff.n == 0:
+        return f"{head} no seed in common, no comparison."
+    seeds = f"{diff.n} seed{'s' if diff.n != 1 else ''}"
+    if diff.n < 2:
+        return f"{head} {diff.mean:+.{DIGITS}f} points from {seeds}: no test (needs two seeds or more)."
+    low, high = diff.mean - diff.half_width, diff.mean + diff.half_width
+    if math.isnan(diff.p_value):  # every seed's difference is the same: the t statistic is undefined
+        return f"{head} {diff.mean:+.{DIGITS}f} points on every one of {seeds} (no spread, so no t-test)."
+    verdict = "significant" if diff.p_value < alpha else "not significant"
+    return (
+        f"{head} {diff.mean:+.{DIGITS}f} points (95% CI {low:.{DIGITS}f}..{high:.{DIGITS}f}, p = {diff.p_value:.2g}): "
+        f"{verdict} at {seeds}; detectable difference {diff.detectable:.{DIGITS}f} points."
+    )
+
+
+def comparison_sentences(scores: pd.DataFrame, arms: list[str], reference: str, label: str = "Pass@1") -> list[str]:
+    """The sentence of every arm against ``reference`` on the Average ``label`` column (paired over seeds)."""
+    column = (AVERAGE, label)
+    base = _by_seed(scores, reference, column)
+    return [
+        comparison_sentence(arm, reference, paired_diff(_by_seed(scores, arm, column), base))
+        for arm in arms
+        if arm != reference
+    ]

@@ -15,7 +15,7 @@ from analysis.figures import curve_band
 from analysis.load import FINAL_SPLIT, load_results
 from analysis.make_tables import make_report, sweep_tables
 from analysis.stats import mean_ci, paired_diff
-from analysis.tables import to_frame, to_latex, to_markdown
+from analysis.tables import run_scores, to_frame, to_latex, to_markdown
 
 T2 = 4.302652729749464  # t_{0.975, df=2}
 
@@ -194,6 +194,9 @@ def test_report_writes_tables_figures_and_index(sweep_dir: Path, tmp_path: Path)
         assert (out / "figures" / f"{stem}.pdf").is_file()
         assert f"figures/{stem}.png" in index
     assert "abl/grpo-s3-000003" in index and "**63.3 ± 37.9**" in index
+    assert "- miner vs grpo: +11.7 points (95% CI -7.3..30.6, p = 0.12)" in index  # under the main table
+    assert "- miner-no_focal vs miner: -2.5 points" in index  # under the ablation table
+    assert (out / "tables" / "abl-mechanisms.md").is_file() and "mechanisms in play" in index
     assert len(pd.read_parquet(out / "runs.parquet")) == len(pd.read_csv(out / "runs.csv"))
 
 
@@ -211,9 +214,126 @@ def test_runs_outside_the_sweep_plan_are_left_out(sweep_dir: Path):
 def test_smoothing_is_a_centred_rolling_mean():
     from analysis.figures import smooth
 
-    band = pd.DataFrame({"x": range(6), "mean": [0.0, 3, 0, 3, 0, 3], "low": [0.0] * 6, "high": [6.0] * 6})
-    got = smooth(band, 3)
+    values = pd.Series([0.0, 3, 0, 3, 0, 3])
     # centred windows: (0+3)/2, (0+3+0)/3, (3+0+3)/3, (0+3+0)/3, (3+0+3)/3, (0+3)/2
-    assert got["mean"].tolist() == pytest.approx([1.5, 1.0, 2.0, 1.0, 2.0, 1.5])
-    assert got["low"].tolist() == [0.0] * 6 and got["high"].tolist() == [6.0] * 6
-    assert smooth(band, 4) is band  # too few points for the window: left as it is
+    assert smooth(values, 3).tolist() == pytest.approx([1.5, 1.0, 2.0, 1.0, 2.0, 1.5])
+    assert smooth(values, 1) is values
+
+
+def test_curve_band_smooths_each_run_before_the_seed_band():
+    # two seeds with step noise in antiphase: 0, 3, 0, 3, ... and 3, 0, 3, 0, ...
+    values = {"a": [0.0, 3, 0, 3, 0, 3], "b": [3.0, 0, 3, 0, 3, 0]}
+    curves = pd.DataFrame(
+        [
+            {"run": run, "arm": "x", "seed": i, "step": step + 1, "metric": "m", "value": v, "generated_tokens": 0}
+            for i, (run, vs) in enumerate(values.items())
+            for step, v in enumerate(vs)
+        ]
+    )
+    raw = curve_band(curves, "x", "m", "step")
+    # step 3: raw 0 and 3 -> mean 1.5, sd 3/sqrt(2), half width t_{0.975,1} * sd / sqrt(2) = 12.7062 * 1.5
+    assert raw.loc[2, "high"] - raw.loc[2, "mean"] == pytest.approx(12.706204736 * 1.5)
+    smoothed = curve_band(curves, "x", "m", "step", window=3)
+    # step 3 smoothed per run: (3+0+3)/3 = 2 and (0+3+0)/3 = 1 -> mean 1.5, sd 1/sqrt(2), half width 12.7062 * 0.5
+    assert smoothed.loc[2, "mean"] == pytest.approx(1.5)
+    assert smoothed.loc[2, "high"] - smoothed.loc[2, "mean"] == pytest.approx(12.706204736 * 0.5)
+    # step 1: (0+3)/2 and (3+0)/2 agree, so the seeds do not differ there
+    assert smoothed.loc[0, "high"] == pytest.approx(smoothed.loc[0, "mean"])
+
+
+def test_power_of_the_paired_test_against_its_integral():
+    from scipy import integrate, stats
+
+    from analysis.stats import detectable_difference, paired_power
+
+    # T = (Z + nc) / sqrt(V / df), V ~ chi2(df): P(|T| > c) = E_V[Phi(nc - c sqrt(V/df)) + Phi(-nc - c sqrt(V/df))]
+    def by_integral(delta: float, sd: float, n: int) -> float:
+        df, nc, c = n - 1, delta * math.sqrt(n) / sd, stats.t.ppf(0.975, n - 1)
+
+        def integrand(v: float) -> float:
+            shift = c * math.sqrt(v / df)
+            return (stats.norm.cdf(nc - shift) + stats.norm.cdf(-nc - shift)) * stats.chi2.pdf(v, df)
+
+        return integrate.quad(integrand, 0, math.inf)[0]
+
+    for delta, sd, n in ((1.0, 1.0, 3), (3.0, 0.5, 3), (0.7, 1.0, 10)):
+        assert paired_power(delta, sd, n) == pytest.approx(by_integral(delta, sd, n), abs=1e-7)
+    assert paired_power(0.0, 1.0, 3) == pytest.approx(0.05)  # no true difference: power is the level
+    d3 = detectable_difference(1.0, 3)
+    assert by_integral(d3, 1.0, 3) == pytest.approx(0.8, abs=1e-7)
+    assert d3 == pytest.approx(3.2640, abs=1e-3)  # at 3 seeds: 3.26 standard deviations of the differences
+    assert detectable_difference(2.0, 3) == pytest.approx(2 * d3)  # proportional to sd
+    # many pairs: the normal approximation (z_0.975 + z_0.8) sd / sqrt(n) = (1.959964 + 0.841621) / sqrt(2000)
+    assert detectable_difference(1.0, 2000) == pytest.approx(2.801585 / math.sqrt(2000), rel=1e-3)
+    assert detectable_difference(0.0, 3) == 0.0 and math.isnan(detectable_difference(1.0, 1))
+
+
+def test_comparison_sentences_from_the_statistics(sweep_dir: Path):
+    from analysis.tables import comparison_sentences
+
+    scores = run_scores(load_results([sweep_dir]).evals)
+    got = comparison_sentences(scores, ["miner", "miner-no_focal", "grpo"], "grpo")
+    # miner - grpo averages: 5, 10, 20 -> mean 11.67, half width 18.97, p = 1 - sqrt(7)/3 = 0.118 (see above);
+    # sd = sqrt(58.33) = 7.638; detectable = 3.2640 * 7.638 = 24.93
+    assert got[0] == (
+        "miner vs grpo: +11.7 points (95% CI -7.3..30.6, p = 0.12): not significant at 3 seeds; "
+        "detectable difference 24.9 points."
+    )
+    assert got[1] == "miner-no_focal vs grpo: +5.0 points on every one of 2 seeds (no spread, so no t-test)."
+    assert len(got) == 2
+
+
+def write_mechanism_run(sweep_dir: Path, arm: str, seed: int, miner: bool) -> None:
+    run_dir = write_run(sweep_dir, arm, seed)
+    scale = [1.0, 1.0, 0.5, 0.5, 0.25, 1.0]
+    with (run_dir / "metrics.jsonl").open("w") as f:
+        for step in range(1, 7):
+            row = {
+                "step": step,
+                "rollout/frac_mixed": 0.5,
+                "rollout/frac_all_correct": 0.2 + 0.1 * seed,
+                "rollout/frac_all_wrong": 0.3 - 0.1 * seed,
+                "policy/entropy": 1.0 - 0.1 * step,
+                "rollout/response_len_mean": 20.0 + seed,
+                "rollout/truncated_frac": 0.05,
+                "tokens/generated_total": 100 * step,
+                "tokens/discarded_total": 10 * step,
+                "time/step": 2.0,
+            }
+            if miner:
+                row |= {
+                    "algo/frac_all_correct": 0.2 + 0.1 * seed,
+                    "algo/frac_all_correct_varied": 0.1 if step <= 3 else 0.2,
+                    "algo/calibration_scale": scale[step - 1],
+                    "algo/intrinsic_mass_share": 0.01,
+                }
+            f.write(json.dumps(row) + "\n")
+
+
+def test_mechanism_table_columns_from_a_synthetic_sweep(tmp_path: Path):
+    from analysis.mechanisms import mechanism_table
+
+    sweep = tmp_path / "mech"
+    for seed in (0, 1):
+        write_mechanism_run(sweep, "miner", seed, miner=True)
+        write_mechanism_run(sweep, "grpo", seed, miner=False)
+    table = mechanism_table(load_results([sweep]).curves, ["miner", "grpo"], "mech", "caption")
+    miner = {label: table.cells[("miner", (group, label))] for group, label in table.columns}
+    T1 = 12.706204736  # t_{0.975, df=1}
+    assert miner["mixed"].mean == pytest.approx(50.0) and miner["mixed"].half_width == pytest.approx(0.0)
+    # all-correct 20 % and 30 % -> mean 25, sd 7.071, half width T1 * 7.071 / sqrt(2) = T1 * 5
+    assert miner["all-correct"].mean == pytest.approx(25.0) and miner["all-correct"].half_width == pytest.approx(T1 * 5)
+    assert miner["all-wrong"].mean == pytest.approx(25.0)
+    # varied: (3 * 0.1 + 3 * 0.2) / (6 * 0.2) = 75 %, / (6 * 0.3) = 50 % -> mean 62.5
+    assert miner["varied %"].mean == pytest.approx(62.5) and miner["varied %"].half_width == pytest.approx(T1 * 12.5)
+    assert miner["s mean"].mean == pytest.approx(4.25 / 6)  # (1 + 1 + 0.5 + 0.5 + 0.25 + 1) / 6
+    assert miner["s < 1 %"].mean == pytest.approx(50.0)  # 3 of 6 steps
+    assert miner["mass %"].mean == pytest.approx(1.0)
+    assert miner["start"].mean == pytest.approx(0.7)  # steps 1-5: 1 - 0.1 * mean(1..5) = 1 - 0.3
+    assert miner["end"].mean == pytest.approx(0.6)  # steps 2-6: 1 - 0.1 * 4
+    assert miner["length"].mean == pytest.approx(20.5) and miner["truncated %"].mean == pytest.approx(5.0)
+    assert (miner["generated"].mean, miner["discarded"].mean, miner["loop s"].mean) == (600, 60, 12)
+    assert ("grpo", ("calibration", "s mean")) not in table.cells  # not logged by GRPO: a dash
+    assert table.cells[("grpo", ("groups %", "all-correct"))].mean == pytest.approx(25.0)
+    rows = {line.split(" | ")[0].strip("| "): line for line in to_markdown(table).splitlines()}
+    assert "| 0.708 ± 0.000 |" in rows["miner"] and "| 600 ± 0 |" in rows["miner"] and "| – |" in rows["grpo"]
