@@ -8,6 +8,12 @@
 by chunk) and ``summary.json`` (written last). Re-running skips samples already written: problems are sampled in
 fixed chunks, each with a seed derived from (seed, benchmark, chunk), so a chunk regenerated after an interruption
 is the same sample and the resumed summary equals the uninterrupted one.
+
+Under torchrun (``torchrun --nproc_per_node N -m evals.run ... [--samples N]``; torchrun itself rejects ``--n``
+as an ambiguous abbreviation of its own options, so spell it ``--samples`` there) the chunks are shared out over the ranks
+(``Shard``), every rank generates and grades its own, and rank 0 gathers them, writes the files and computes the
+summary, which every rank returns. A chunk's rows depend only on (seed, benchmark, chunk index) and its problems,
+never on which rank drew it, so N ranks write exactly the rows one process writes.
 """
 
 import argparse
@@ -20,6 +26,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 from evals.benchmarks import BENCHMARKS, Protocol, load_benchmark, resolve_benchmarks
@@ -27,6 +35,7 @@ from evals.grading import grade_many
 from evals.metrics import benchmark_metrics, grader_audit
 from evals.problem import Problem
 from evals.prompts import render_prompt
+from evals.shard import Shard, all_gather, broadcast, process_shard, rank_and_world, shard_chunks
 from rollout import Engine, SamplingParams, load_engine
 
 SampleKey = tuple[str, str, int]  # (benchmark, problem id, sample index)
@@ -105,12 +114,14 @@ def evaluate(
     timeout_s: float = 5.0,
     progress: bool = True,
     model_path: str | None = None,
+    shard: Shard | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``engine`` on ``benchmarks`` (a group name, a comma list or a list of names); return the summary.
 
     Each benchmark is sampled with its protocol (n, temperature, top_p, max_new_tokens), any of which the
     arguments override; ``template`` None picks ``default_template``. ``limit`` keeps the first problems of each
     benchmark. Problems are generated ``chunk_rows // n`` at a time. ``out_dir`` None writes nothing (no resume).
+    Under torch.distributed every rank calls this with its ``shard`` (None: one group per rank); rank 0 writes.
     Summary: {"model", "split", "seed", "limit", "engine", "versions", "benchmarks": {name: {"protocol", "template",
     "problems", "samples", "generated_tokens", "metrics" (avg@n, pass@k, maj@n and their _se), "grader_audit"}}}.
     """
@@ -137,33 +148,43 @@ def evaluate(
             for name, (problems, protocol, name_template) in plan.items()
         },
     }
+    rank, _ = rank_and_world()
+    shard = shard or process_shard()
     out = Path(out_dir) if out_dir is not None else None
     done: dict[SampleKey, dict[str, Any]] = {}
-    if out is not None:
-        done = _open_run_folder(out, settings)
+    error = None
+    if out is not None and rank == 0:
+        try:
+            done = _open_run_folder(out, settings)
+        except ValueError as caught:
+            error = str(caught)
+    # every rank learns which samples exist (and whether rank 0 refused the folder) before any generates
+    error, done_keys = broadcast((error, set(done)))
+    if error is not None:
+        raise ValueError(error)
     total = sum(len(problems) * protocol.n for problems, protocol, _ in plan.values())
-    bar = tqdm(total=total, disable=not progress, desc="eval", unit="sample", dynamic_ncols=True)
-    bar.update(sum(1 for key in done if key[0] in plan))
+    bar = tqdm(total=total, disable=not progress or rank != 0, desc="eval", unit="sample", dynamic_ncols=True)
+    bar.update(sum(1 for key in done_keys if key[0] in plan))
     summary: dict[str, Any] = {key: settings[key] for key in ("model", "split", "seed", "limit")}
     summary |= {"engine": type(engine).__name__, "versions": package_versions(), "benchmarks": {}}
     for name, (problems, protocol, name_template) in plan.items():
         bar.set_description(name)
-        rows = _run_benchmark(
-            engine, name, problems, protocol, name_template, seed, chunk_rows, done, out, bar, grade_workers, timeout_s
-        )
-        summary["benchmarks"][name] = {
-            "protocol": asdict(protocol),
-            "template": name_template,
-            "problems": len(problems),
-            "samples": len(rows),
-            "generated_tokens": sum(row["tokens"] for row in rows),
-            "metrics": benchmark_metrics(rows, seed=seed),
-            "grader_audit": grader_audit(rows),
-        }
+        job = _Job(name, problems, protocol, name_template, seed, chunk_rows, grade_workers, timeout_s)
+        rows = _run_benchmark(engine, job, shard, done_keys, done, out if rank == 0 else None, bar)
+        if rank == 0:
+            summary["benchmarks"][name] = {
+                "protocol": asdict(protocol),
+                "template": name_template,
+                "problems": len(problems),
+                "samples": len(rows),
+                "generated_tokens": sum(row["tokens"] for row in rows),
+                "metrics": benchmark_metrics(rows, seed=seed),
+                "grader_audit": grader_audit(rows),
+            }
     bar.close()
-    if out is not None:
+    if out is not None and rank == 0:
         _write_json(out / "summary.json", summary)
-    return summary
+    return broadcast(summary)
 
 
 def _open_run_folder(out: Path, settings: dict[str, Any]) -> dict[SampleKey, dict[str, Any]]:
@@ -180,41 +201,87 @@ def _open_run_folder(out: Path, settings: dict[str, Any]) -> dict[SampleKey, dic
     return read_samples(out / "samples.jsonl")
 
 
+@dataclass(frozen=True)
+class _Job:
+    """One benchmark's sampling plan (what ``_run_benchmark`` needs besides the engine and the output)."""
+
+    name: str
+    problems: list[Problem]
+    protocol: Protocol
+    template: str
+    seed: int
+    chunk_rows: int
+    grade_workers: int
+    timeout_s: float
+
+
 def _run_benchmark(
     engine: Engine,
-    name: str,
-    problems: list[Problem],
-    protocol: Protocol,
-    template: str,
-    seed: int,
-    chunk_rows: int,
+    job: _Job,
+    shard: Shard,
+    done_keys: set[SampleKey],
     done: dict[SampleKey, dict[str, Any]],
     out: Path | None,
     bar: tqdm,
-    grade_workers: int,
-    timeout_s: float,
 ) -> list[dict[str, Any]]:
-    """Sample, grade and record one benchmark chunk by chunk; return its rows in (problem, sample) order."""
-    G = protocol.n
-    per_chunk = max(1, chunk_rows // G)
-    for chunk, start in enumerate(range(0, len(problems), per_chunk)):
-        chunk_problems = problems[start : start + per_chunk]
-        keys = [(name, problem.id, g) for problem in chunk_problems for g in range(G)]
-        if all(key in done for key in keys):
-            continue
-        params = SamplingParams(
-            G, protocol.temperature, protocol.top_p, protocol.max_new_tokens, chunk_seed(seed, name, chunk)
-        )
-        prompts = [render_prompt(template, problem, engine.tokenizer) for problem in chunk_problems]
-        rollout = engine.generate(prompts, params)
-        golds = [problem.answer for problem in chunk_problems for _ in range(G)]
-        grades = grade_many(list(zip(rollout.texts, golds, strict=True)), workers=grade_workers, timeout_s=timeout_s)
+    """Sample, grade and record one benchmark chunk by chunk; return its rows in (problem, sample) order on rank 0
+    (``done`` holds rank 0's rows; other ranks return an empty list).
+
+    The chunks not yet in ``done_keys`` are dealt out round by round, one per group (``shard_chunks``); after
+    each round every rank's new rows are gathered and rank 0 appends them to ``out``/samples.jsonl."""
+    G = job.protocol.n
+    per_chunk = max(1, job.chunk_rows // G)
+    chunks = [job.problems[start : start + per_chunk] for start in range(0, len(job.problems), per_chunk)]
+    todo = [
+        c for c, part in enumerate(chunks) if any((job.name, p.id, g) not in done_keys for p in part for g in range(G))
+    ]
+    mine = shard_chunks(todo, shard)
+    is_main = rank_and_world()[0] == 0
+    rounds = -(-len(todo) // shard.count)  # the same on every rank: each rank joins every gather
+    for round_index in range(rounds):
         new_rows = []
-        for b, (key, text, grade) in enumerate(zip(keys, rollout.texts, grades, strict=True)):
-            if key in done:  # written before an interruption; the regenerated chunk is the same sample
-                continue
-            row = {
-                "benchmark": name,
+        if round_index < len(mine):
+            new_rows = _sample_chunk(engine, job, mine[round_index], chunks[mine[round_index]], done_keys)
+        gathered = all_gather(new_rows)
+        if not is_main:
+            continue
+        for rank_rows in gathered:
+            fresh = [row for row in rank_rows if _key(row) not in done]  # a TP group's ranks send the same rows
+            done.update((_key(row), row) for row in fresh)
+            if out is not None and fresh:
+                with (out / "samples.jsonl").open("a", encoding="utf-8") as file:
+                    file.writelines(json.dumps(row) + "\n" for row in fresh)
+                    file.flush()
+                    os.fsync(file.fileno())
+            bar.update(len(fresh))
+    if not is_main:
+        return []
+    return [done[(job.name, problem.id, g)] for problem in job.problems for g in range(G)]
+
+
+def _sample_chunk(
+    engine: Engine, job: _Job, chunk: int, problems: list[Problem], done_keys: set[SampleKey]
+) -> list[dict[str, Any]]:
+    """Generate and grade chunk ``chunk`` (seeded by ``chunk_seed``); its rows not already in ``done_keys``."""
+    G = job.protocol.n
+    keys = [(job.name, problem.id, g) for problem in problems for g in range(G)]
+    protocol = job.protocol
+    params = SamplingParams(
+        G, protocol.temperature, protocol.top_p, protocol.max_new_tokens, chunk_seed(job.seed, job.name, chunk)
+    )
+    prompts = [render_prompt(job.template, problem, engine.tokenizer) for problem in problems]
+    rollout = engine.generate(prompts, params)
+    golds = [problem.answer for problem in problems for _ in range(G)]
+    grades = grade_many(
+        list(zip(rollout.texts, golds, strict=True)), workers=job.grade_workers, timeout_s=job.timeout_s
+    )
+    rows = []
+    for b, (key, text, grade) in enumerate(zip(keys, rollout.texts, grades, strict=True)):
+        if key in done_keys:  # written before an interruption; the regenerated chunk is the same sample
+            continue
+        rows.append(
+            {
+                "benchmark": job.name,
                 "problem_id": key[1],
                 "sample_index": key[2],
                 "response": text,
@@ -224,15 +291,12 @@ def _run_benchmark(
                 "tokens": int(rollout.lengths_B[b]),
                 "truncated": bool(rollout.truncated_B[b]),
             }
-            done[key] = row
-            new_rows.append(row)
-        if out is not None:
-            with (out / "samples.jsonl").open("a", encoding="utf-8") as file:
-                file.writelines(json.dumps(row) + "\n" for row in new_rows)
-                file.flush()
-                os.fsync(file.fileno())
-        bar.update(len(new_rows))
-    return [done[(name, problem.id, g)] for problem in problems for g in range(G)]
+        )
+    return rows
+
+
+def _key(row: dict[str, Any]) -> SampleKey:
+    return (row["benchmark"], row["problem_id"], row["sample_index"])
 
 
 def _write_json(path: Path, value: dict[str, Any]) -> None:
@@ -248,7 +312,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--benchmarks", default="six", help="a group (six, tiny) or a comma list of benchmarks")
     parser.add_argument("--out", required=True, help="output folder (re-running it resumes)")
     parser.add_argument("--engine", choices=["transformers", "vllm"], default="transformers")
-    parser.add_argument("--n", type=int, help="samples per problem (default: each benchmark's protocol)")
+    parser.add_argument(  # --samples: under torchrun, whose own parser takes --n for an ambiguous abbreviation
+        "--n", "--samples", dest="n", type=int, help="samples per problem (default: each benchmark's protocol)"
+    )
     parser.add_argument("--temperature", type=float)
     parser.add_argument("--top-p", type=float)
     parser.add_argument("--max-new-tokens", type=int)
@@ -263,10 +329,28 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--max-model-len", type=int, help="vLLM context length (default: the model's)")
     parser.add_argument("--grade-workers", type=int, default=2)
     args = parser.parse_args(argv)
+    device = args.device
+    started = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
+    if started:  # under torchrun: one rank per device, rank 0 writes
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda"):
+            torch.cuda.set_device(local_rank)
+            device = f"cuda:{local_rank}"
+            dist.init_process_group("nccl")
+        else:
+            dist.init_process_group("gloo")
+    try:
+        return _evaluate_from_args(args, device)
+    finally:
+        if started:
+            dist.destroy_process_group()
+
+
+def _evaluate_from_args(args: argparse.Namespace, device: str | None) -> dict[str, Any]:
     engine = load_engine(
         args.engine,
         args.model,
-        device=args.device,
+        device=device,
         dtype=args.dtype,
         max_batch_rows=args.chunk_rows,
         max_model_len=args.max_model_len,
@@ -289,6 +373,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         grade_workers=args.grade_workers,
         model_path=str(args.model),
     )
+    if rank_and_world()[0] != 0:
+        return summary
     for name, result in summary["benchmarks"].items():
         metrics = result["metrics"]
         print(

@@ -65,6 +65,7 @@ class RolloutConfig:
     grade_timeout_s: float = 5.0
     vllm_gpu_memory_utilization: float = 0.5
     vllm_max_model_len: int = 4096  # prompt + response tokens
+    vllm_tensor_parallel: int = 1  # ranks per vLLM engine (consecutive ranks; they get the same prompts)
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,8 @@ class OptimConfig:
 class EvalConfig:
     """Validation on ``dev`` every ``every`` steps (best checkpoint by ``select_metric``), ``test`` at the end.
 
-    ``None`` sampling fields take each benchmark's own protocol (evals.BENCHMARKS)."""
+    ``None`` sampling fields take each benchmark's own protocol (evals.BENCHMARKS): ``n=None`` samples AIME24 128
+    times per problem and MATH-500 16 times. ``dev_*`` set validation apart from the test (None: as the test)."""
 
     dev: str = "tiny"
     test: str = "tiny"
@@ -99,6 +101,9 @@ class EvalConfig:
     temperature: float | None = None
     top_p: float | None = None
     max_new_tokens: int | None = None
+    dev_n: int | None = None  # None: eval.n
+    dev_temperature: float | None = None  # None: eval.temperature
+    dev_top_p: float | None = None  # None: eval.top_p
     max_problems: int | None = None  # per benchmark, the first ones (None: all)
     select_metric: str = "avg@n"  # averaged over the dev benchmarks; higher is better
 
@@ -154,6 +159,7 @@ class RunConfig:
             "rollout.group_size": self.rollout.group_size,
             "rollout.max_new_tokens": self.rollout.max_new_tokens,
             "rollout.temperature": self.rollout.temperature,
+            "rollout.vllm_tensor_parallel": self.rollout.vllm_tensor_parallel,
             "optim.lr": self.optim.lr,
             "optim.epochs": self.optim.epochs,
             "optim.mini_batches": self.optim.mini_batches,
@@ -195,25 +201,66 @@ def tiny() -> RunConfig:
     return RunConfig()
 
 
+DEEPSCALER_ROWS = (
+    40_315  # agentica-org/DeepScaleR-Preview-Dataset, train split (its dataset card; ../shared/data/README.md)
+)
+
+
 def paper() -> RunConfig:
-    """Miner's setting (2601.04731): Qwen3-4B-Base on DeepScaleR, 128 prompts x 16, lr 2e-6, 8192 new tokens."""
+    """Miner's run (2601.04731) as its code ran it; every value and its source: docs/PAPER_PROTOCOL.md.
+
+    Qwen3-4B-Base on DeepScaleR with Miner's base prompt, 128 prompts x 16 samples at temperature 0.7, 8192 new
+    tokens, AdamW lr 2e-6 constant (no warm-up), weight decay 0.01, clip 1.0, one update per step, k3 KL 0.001,
+    one epoch; AIME24 validated every 5 steps (n 16, T 0.7, top-p 0.95); the six benchmarks tested with their
+    protocols (n 128 or 16, T 0.6, top-p 0.95); vLLM at 0.6 of the GPU, tensor parallel 2."""
     return RunConfig(
-        model=ModelConfig(path="Qwen/Qwen3-4B-Base", template="base_boxed", compute_dtype="bfloat16"),
+        model=ModelConfig(
+            path="Qwen/Qwen3-4B-Base", template="miner_base", compute_dtype="bfloat16", gradient_checkpointing=True
+        ),
         data=DataConfig(train="deepscaler"),
         rollout=RolloutConfig(
             engine="vllm",
             prompts_per_step=128,
             group_size=16,
-            temperature=1.0,
+            temperature=0.7,
+            top_p=1.0,
             max_new_tokens=8192,
-            vllm_max_model_len=10240,
+            vllm_gpu_memory_utilization=0.6,
+            vllm_max_model_len=10240,  # Miner: 1100 prompt + 8192 response tokens; ours a superset
+            vllm_tensor_parallel=2,
         ),
         preset="miner",
         algorithm=ALGORITHMS["miner"],
-        optim=OptimConfig(lr=2e-6, micro_batch_size=4, mini_batches=1, grad_clip=1.0),
-        eval=EvalConfig(dev="aime24", test="six", every=10, n=16, temperature=0.6, top_p=0.95, max_new_tokens=8192),
+        optim=OptimConfig(
+            lr=2e-6,
+            weight_decay=0.01,
+            beta1=0.9,
+            beta2=0.999,
+            eps=1e-8,
+            warmup_steps=0,
+            schedule="constant",
+            grad_clip=1.0,
+            epochs=1,
+            mini_batches=1,
+            micro_batch_size=4,
+        ),
+        eval=EvalConfig(
+            dev="aime24",
+            test="six",
+            every=5,
+            n=None,  # each benchmark's protocol: 128 for AIME24/25, AMC23, HMMT25; 16 for MATH-500, OlympiadBench
+            temperature=None,
+            top_p=None,
+            max_new_tokens=8192,
+            dev_n=16,
+            dev_temperature=0.7,
+            dev_top_p=0.95,
+        ),
+        logging=LoggingConfig(checkpoint_every=5, keep_last=2),
         dist=DistConfig(strategy="fsdp2"),
-        steps=500,
+        # departs from Miner's README command (trainer.total_epochs=2) and verl's default (30): one epoch, as the
+        # issue asks; verl drops the last partial batch (drop_last=True), so an epoch is floor(rows / 128) steps
+        steps=DEEPSCALER_ROWS // 128,
         cpu_threads=None,
     )
 

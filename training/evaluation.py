@@ -1,7 +1,9 @@
 """Validation and test evaluation through ``evals.run.evaluate`` (the live engine), eval.jsonl rows, run metadata.
 
 Rows of ``eval.jsonl``: {"step", "split": "dev"|"test", "task", "metric", "value", "n", "generated_tokens"}; one row
-per benchmark and metric (avg@n, pass@k, maj@n), written by rank 0 only.
+per benchmark and metric (avg@n, pass@k, maj@n), written by rank 0 only. Under torchrun every rank evaluates: the
+problems are shared out over the data-parallel groups (``eval_shard``) and gathered on rank 0, and every rank
+gets the same rows back.
 """
 
 import platform
@@ -11,6 +13,7 @@ from typing import Any
 
 from evals import resolve_benchmarks
 from evals.run import evaluate, package_versions
+from evals.shard import Shard
 from rollout import Engine
 from training.batch import derive_seed
 from training.config import EvalConfig, RunConfig
@@ -25,25 +28,27 @@ def evaluate_rows(
     """Evaluate the engine's current weights on the ``split`` benchmarks (eval.dev or eval.test); eval.jsonl rows,
     one per benchmark and metric of ``evals.run.evaluate`` (avg@n, pass@k, maj@n and their bootstrap ``_se``).
 
-    The runner's per-sample files go to ``<run_dir>/eval/<split>_step_<step>/``, so an interrupted evaluation
-    resumes where it stopped."""
+    Every rank calls this (each generates its ``eval_shard``) and gets the same rows. The runner's per-sample files
+    go to ``<run_dir>/eval/<split>_step_<step>/``, so an interrupted evaluation resumes where it stopped."""
     names = resolve_benchmarks(config.eval.dev if split == "dev" else config.eval.test)
+    sampling = eval_sampling(config.eval, split)
     summary = evaluate(
         engine,
         names,
         Path(run_dir) / "eval" / f"{split}_step_{step:08d}",
-        n=config.eval.n,
+        n=sampling["n"],
         template=template,
         data_dir=config.data.data_dir,
         split=split,
         limit=config.eval.max_problems,
-        temperature=config.eval.temperature,
-        top_p=config.eval.top_p,
+        temperature=sampling["temperature"],
+        top_p=sampling["top_p"],
         max_new_tokens=config.eval.max_new_tokens,
         seed=derive_seed(config.seed, "eval", split, step) % 2**31,
         grade_workers=config.rollout.grade_workers,
         timeout_s=config.rollout.grade_timeout_s,
         progress=False,
+        shard=eval_shard(config, info),
     )
     rows = []
     for task, result in summary["benchmarks"].items():
@@ -60,6 +65,27 @@ def evaluate_rows(
                 }
             )
     return rows
+
+
+def eval_sampling(eval_config: EvalConfig, split: str) -> dict[str, Any]:
+    """The n, temperature and top_p that override the benchmarks' protocols on ``split`` (None keeps a protocol's).
+
+    Validation takes ``dev_*`` where set, else the test's value: Miner validates AIME24 with 16 samples at 0.7 and
+    tests it with 128 at the protocol's 0.6 (docs/PAPER_PROTOCOL.md)."""
+    values = {"n": eval_config.n, "temperature": eval_config.temperature, "top_p": eval_config.top_p}
+    if split == "dev":
+        dev = {"n": eval_config.dev_n, "temperature": eval_config.dev_temperature, "top_p": eval_config.dev_top_p}
+        values |= {key: value for key, value in dev.items() if value is not None}
+    return values
+
+
+def eval_shard(config: RunConfig, info: DistInfo) -> Shard:
+    """This rank's evaluation group: one per rank, or one per vLLM tensor-parallel group of consecutive ranks
+    (rank // tp of world // tp), whose ranks must generate the same prompts."""
+    tp = config.rollout.vllm_tensor_parallel if config.rollout.engine == "vllm" else 1
+    if info.world_size % tp:
+        raise ValueError(f"rollout.vllm_tensor_parallel={tp} must divide the {info.world_size} ranks")
+    return Shard(info.rank // tp, info.world_size // tp)
 
 
 def select_score(rows: list[dict[str, Any]], eval_config: EvalConfig) -> float:

@@ -1,5 +1,7 @@
 """The one RL training loop: ``python -m training.train --config run.json [--a.b=value ...] [--resume auto|never]``.
 
+``--print-config`` prints the resolved config (profile or ``--config``, then overrides) as JSON and exits.
+
 Per step: sample P prompts -> the engine generates G completions each -> grade with the evaluation grader ->
 shape rewards -> group filter (refill while too few groups) -> old log-probs at the rollout temperature ->
 reference log-probs (when kl_coef > 0) -> advantages over the whole batch -> epochs x mini-batches x micro-batches
@@ -43,7 +45,6 @@ from training.config import PROFILES, RunConfig, apply_overrides, from_dict, to_
 from training.distributed import (
     DistInfo,
     barrier,
-    broadcast_object,
     full_state_dict,
     init_distributed,
     is_sharded,
@@ -172,9 +173,9 @@ def _train(config: RunConfig, resume: str, meta: dict[str, Any], info: DistInfo)
     def validate(state: TrainerState) -> TrainerState:
         if not config.eval.every:
             return state
-        rows = evaluate_rows(engine, config, "dev", state.step, run_dir, template, info) if info.is_main else []
+        rows = evaluate_rows(engine, config, "dev", state.step, run_dir, template, info)  # every rank, same rows
         log.eval_rows(rows)
-        score = broadcast_object(select_score(rows, config.eval) if info.is_main else None, info)
+        score = select_score(rows, config.eval)
         log.write(f"step {state.step}: dev {config.eval.select_metric} = {score:.4f}")
         if state.best_value is None or score > state.best_value:
             state = dataclasses.replace(state, best_step=state.step, best_value=score)
@@ -253,16 +254,17 @@ def _train(config: RunConfig, resume: str, meta: dict[str, Any], info: DistInfo)
 
     # --- the final evaluation of the best-on-dev checkpoint, then summary.json (last) ----------------------------
     best_step = state.best_step if state.best_step is not None else state.step
-    test_rows = []
+    test_engine = engine
+    if best_step != state.step:  # every rank loads the best checkpoint (written by rank 0 before a barrier)
+        best_dir = best_checkpoint(run_dir)
+        if config.rollout.engine == "transformers":
+            best = _load_model(best_dir, info, config.model.attention)
+            test_engine = _make_engine(config, best_dir, best, tokenizer, info)
+        else:  # vLLM keeps its engine and takes the weights in its own dtype: no float32 copy needed
+            engine.sync_weights(_load_model(best_dir, info, config.model.attention, config.model.compute_dtype))
+    test_rows = evaluate_rows(test_engine, config, "test", best_step, run_dir, template, info)  # every rank
+    log.eval_rows(test_rows)
     if info.is_main:
-        test_engine = engine
-        if best_step != state.step:
-            best = _load_model(best_checkpoint(run_dir), info, config.model.attention)
-            test_engine = TransformersEngine(best, tokenizer) if config.rollout.engine == "transformers" else engine
-            if test_engine is engine:
-                engine.sync_weights(best)
-        test_rows = evaluate_rows(test_engine, config, "test", best_step, run_dir, template, info)
-        log.eval_rows(test_rows)
         test: dict[str, dict[str, float]] = {}
         for r in test_rows:
             test.setdefault(r["task"], {})[r["metric"]] = r["value"]
@@ -279,9 +281,9 @@ def _train(config: RunConfig, resume: str, meta: dict[str, Any], info: DistInfo)
     return run_dir
 
 
-def _load_model(path: Path, info: DistInfo, attention: str) -> torch.nn.Module:
-    """A float32 copy of the HF model at ``path`` on this rank's device (parameters are the master weights)."""
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation=attention)
+def _load_model(path: Path, info: DistInfo, attention: str, dtype: str = "float32") -> torch.nn.Module:
+    """A copy of the HF model at ``path`` on this rank's device, float32 unless told (the master weights)."""
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), attn_implementation=attention)
     return model.to(info.device)
 
 
@@ -343,6 +345,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[RunConfig, str, dict[str,
     parser.add_argument("--config", help="a resolved config JSON (e.g. a run folder's config.json)")
     parser.add_argument("--profile", choices=sorted(PROFILES), help="start from a named profile (default: tiny)")
     parser.add_argument("--resume", choices=["auto", "never"], default="auto")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
     args, overrides = parser.parse_known_args(argv)
     meta: dict[str, Any] = {}
     if args.config is not None:
@@ -371,11 +374,15 @@ def parse_args(argv: list[str] | None = None) -> tuple[RunConfig, str, dict[str,
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     try:
         config, resume, meta = parse_args(argv)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if "--print-config" in argv:  # what would run, and nothing else: no run folder, no model
+        print(json.dumps(to_dict(config), indent=2))
+        return 0
     try:
         train(config, resume, meta)
     except TrainingDiverged as error:
