@@ -3,8 +3,9 @@
 Local files (``<data dir>/benchmarks/*.jsonl``, ``<data dir>/train/*.jsonl``; fields ``id``, ``problem``,
 ``answer``, extras kept in ``meta``; see ../shared/data/README.md) are read when a data directory is given, as
 an argument or through ``RLABLATE_DATA_DIR``; otherwise the Hugging Face Hub through ``datasets``.
-Protocols follow the paper this suite reproduces (Miner, arXiv 2601.04731): temperature 0.6, top-p 0.95,
-8,192 new tokens, 128 samples per problem for the four 30-40 problem sets and 16 for the large ones.
+Protocols follow the paper this suite reproduces (Miner, arXiv 2601.04731) as its test code sampled: temperature
+0.6, top-p 0.95 (pixas/Miner ``rollout/vllm_rollout.py``; its README's 0.7 never reaches the sampler), 8,192 new
+tokens, 128 samples per problem for the four 30-40 problem sets and 16 for the large ones (docs/PAPER_PROTOCOL.md).
 """
 
 import json

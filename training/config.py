@@ -258,8 +258,8 @@ def paper() -> RunConfig:
         ),
         logging=LoggingConfig(checkpoint_every=5, keep_last=2),
         dist=DistConfig(strategy="fsdp2"),
-        # departs from Miner's README command (trainer.total_epochs=2) and verl's default (30): one epoch, as the
-        # issue asks; verl drops the last partial batch (drop_last=True), so an epoch is floor(rows / 128) steps
+        # departs from the paper: Miner's README command trains 2 epochs (trainer.total_epochs=2; verl's default
+        # is 30); one epoch here, as the issue asks. verl drops the last partial batch: floor(rows / 128) steps
         steps=DEEPSCALER_ROWS // 128,
         cpu_threads=None,
     )
