@@ -9,8 +9,8 @@ by chunk) and ``summary.json`` (written last). Re-running skips samples already 
 fixed chunks, each with a seed derived from (seed, benchmark, chunk), so a chunk regenerated after an interruption
 is the same sample and the resumed summary equals the uninterrupted one.
 
-Under torchrun (``torchrun --nproc_per_node N -m evals.run ... [--samples N]``; torchrun itself rejects ``--n``
-as an ambiguous abbreviation of its own options, so spell it ``--samples`` there) the chunks are shared out over the ranks
+Under torchrun (``torchrun --nproc_per_node N -m evals.run ... [--samples N]``: torchrun's own parser rejects
+``--n`` as an ambiguous abbreviation, so spell it ``--samples`` there) the chunks are shared out over the ranks
 (``Shard``), every rank generates and grades its own, and rank 0 gathers them, writes the files and computes the
 summary, which every rank returns. A chunk's rows depend only on (seed, benchmark, chunk index) and its problems,
 never on which rank drew it, so N ranks write exactly the rows one process writes.
