@@ -51,6 +51,7 @@ def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_print_config_prints_the_resolved_config_and_creates_nothing(tmp_path: Path):
     out = run_cli(["--profile", "paper", "--print-config", "--eval.every=7", "--algorithm.kl_coef=0.002"], tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
