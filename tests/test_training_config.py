@@ -69,6 +69,10 @@ def test_overrides_are_typed_and_the_preset_switch_comes_first():
         ("--rollout.group_size=0", "rollout.group_size"),
         ("--optim.mini_batches=7", "optim.mini_batches"),  # 16 x 8 = 128 rows do not split into 7
         ("--model=x", "model"),
+        ("--eval.dev_n=0", "eval.dev_n"),
+        ("--eval.n=-1", "eval.n"),
+        ("--eval.dev_top_p=1.5", "eval.dev_top_p"),
+        ("--eval.temperature=-0.1", "eval.temperature"),
         ("steps=3", "steps=3"),
     ],
 )

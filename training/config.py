@@ -183,6 +183,16 @@ class RunConfig:
                 raise ValueError(f"{name}={value!r} must be >= 0")
         if not 0.0 < self.rollout.top_p <= 1.0:
             raise ValueError(f"rollout.top_p={self.rollout.top_p!r} must be in (0, 1]")
+        e = self.eval
+        for name, value in {"eval.n": e.n, "eval.dev_n": e.dev_n, "eval.max_new_tokens": e.max_new_tokens}.items():
+            if value is not None and value < 1:
+                raise ValueError(f"{name}={value!r} must be >= 1 (or null: each benchmark's protocol)")
+        for name, value in {"eval.temperature": e.temperature, "eval.dev_temperature": e.dev_temperature}.items():
+            if value is not None and value < 0:
+                raise ValueError(f"{name}={value!r} must be >= 0 (or null: each benchmark's protocol)")
+        for name, value in {"eval.top_p": e.top_p, "eval.dev_top_p": e.dev_top_p}.items():
+            if value is not None and not 0.0 < value <= 1.0:
+                raise ValueError(f"{name}={value!r} must be in (0, 1] (or null: each benchmark's protocol)")
         if not 0.0 <= self.optim.min_lr_ratio <= 1.0:
             raise ValueError(f"optim.min_lr_ratio={self.optim.min_lr_ratio!r} must be in [0, 1]")
         rows = self.rollout.prompts_per_step * self.rollout.group_size
