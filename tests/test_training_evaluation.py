@@ -18,6 +18,7 @@ from training.config import DEEPSCALER_ROWS, apply_overrides, from_dict, paper, 
 from training.distributed import DistInfo
 from training.evaluation import evaluate_rows
 from training.tiny import random_tiny_model
+from training.train import main as train_main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,20 +53,22 @@ def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_print_config_prints_the_resolved_config_and_creates_nothing(tmp_path: Path):
+def test_print_config_prints_the_resolved_config_and_creates_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+):
     out = run_cli(["--profile", "paper", "--print-config", "--eval.every=7", "--algorithm.kl_coef=0.002"], tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     want = apply_overrides(paper(), ["--eval.every=7", "--algorithm.kl_coef=0.002"])
     assert json.loads(out.stdout) == to_dict(want)
     assert from_dict(json.loads(out.stdout)) == want  # it round-trips: it can be passed back with --config
-    # with --config (a run folder's config.json keeps a "meta" entry) and an override on top
+    # with --config (a run folder's config.json keeps a "meta" entry) and an override on top; in-process, same main
+    monkeypatch.chdir(tmp_path)
     path = tmp_path / "run.json"
     path.write_text(json.dumps(to_dict(want) | {"meta": {"run_id": "x"}}))
-    again = run_cli(["--config", str(path), "--print-config", "--steps=3"], tmp_path)
-    assert again.returncode == 0, again.stderr[-2000:]
-    assert json.loads(again.stdout) == to_dict(want) | {"steps": 3}
-    bad = run_cli(["--profile", "paper", "--print-config", "--eval.evry=7"], tmp_path)
-    assert bad.returncode == 2 and "eval.evry" in bad.stderr
+    assert train_main(["--config", str(path), "--print-config", "--steps=3"]) == 0
+    assert json.loads(capsys.readouterr().out) == to_dict(want) | {"steps": 3}
+    assert train_main(["--profile", "paper", "--print-config", "--eval.evry=7"]) == 2
+    assert "eval.evry" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json"]  # no results/ folder, no run
 
 
