@@ -1,4 +1,4 @@
-"""Per-token advantages for one training batch: group-relative estimators, Miner, and the entropy advantage.
+"""Per-token advantages for one training batch: group-relative estimators, Miner, UCAS and the entropy advantage.
 
 The trainer calls ``compute_advantages`` once on the whole step batch (every rank's rollouts gathered), so every
 batch-level statistic here (REINFORCE++ whitening, Miner's ``norm_level="batch"`` mean and calibration) is exact.
@@ -11,7 +11,8 @@ from torch import Tensor
 
 from algorithms.miner import miner_advantages
 from algorithms.presets import Algorithm
-from algorithms.types import AdvantageOutput
+from algorithms.types import AdvantageOutput, LogitStats
+from algorithms.ucas import ucas_advantages_BT
 
 GROUP_STD_EPS = 1e-6  # GRPO: A = (r - mean) / (std + 1e-6)
 WHITEN_EPS = 1e-8  # REINFORCE++-baseline: (A - mean) / sqrt(var + 1e-8), as verl's masked_whiten
@@ -55,15 +56,18 @@ def advantages_with_metrics(
     mask_BT: Tensor,
     group_size: int,
     old_entropy_BT: Tensor | None = None,
+    old_logit_stats: LogitStats | None = None,
 ) -> AdvantageOutput:
     """Advantages of the whole step batch plus the algorithm's own metrics (see ``AdvantageOutput``).
 
     1. the verifiable advantage of ``algo.advantage`` (``verifiable_advantages_BT``);
     2. Miner (``algo.intrinsic``): homogeneous groups' rows replaced by calibrated intrinsic advantages;
+       or UCAS (``algo.ucas``): the group z-score shaped by the old policy's certainty and logits (``ucas.py``);
     3. entropy advantage (Cheng et al., 2506.14758 eq. 4; on when ``entropy_adv_alpha`` > 0):
        A_t += min(alpha * H_t, |A_t| / kappa), H_t the old policy's entropy (no gradient flows through it).
     Float32, no gradient, zero outside ``mask_BT``. ``old_logp_BT`` / ``old_entropy_BT`` may be None unless
-    ``algo.advantages_read_old_policy`` (Miner reads the log-probs, the entropy advantage the entropies).
+    ``algo.advantages_read_old_policy`` (Miner reads the log-probs, the entropy advantage the entropies, UCAS the
+    log-probs and ``old_logit_stats``).
     """
     B, T = mask_BT.shape
     if old_logp_BT is not None:
@@ -81,6 +85,10 @@ def advantages_with_metrics(
                 raise ValueError("old_logp_BT is required when Algorithm.intrinsic is on (Miner)")
             miner = miner_advantages(algo, rewards_B, old_logp_BT, mask_BT, group_size, verifiable_BT)
             adv_BT, metrics = miner.adv_BT, dict(miner.metrics)
+        elif algo.ucas != "none":
+            if old_logp_BT is None or old_logit_stats is None:
+                raise ValueError("old_logp_BT and old_logit_stats are required when Algorithm.ucas is on")
+            adv_BT = ucas_advantages_BT(algo, rewards_B, old_logp_BT, old_logit_stats, mask_BT, group_size)
         else:
             adv_BT = verifiable_BT
         if algo.entropy_adv_alpha > 0:
@@ -102,6 +110,8 @@ def compute_advantages(
     mask_BT: Tensor,
     group_size: int,
     old_entropy_BT: Tensor | None = None,
+    old_logit_stats: LogitStats | None = None,
 ) -> Tensor:
     """Per-token advantages ``adv_BT`` of the whole step batch (``advantages_with_metrics`` without the metrics)."""
-    return advantages_with_metrics(algo, rewards_B, old_logp_BT, mask_BT, group_size, old_entropy_BT).adv_BT
+    out = advantages_with_metrics(algo, rewards_B, old_logp_BT, mask_BT, group_size, old_entropy_BT, old_logit_stats)
+    return out.adv_BT

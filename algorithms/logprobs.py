@@ -15,6 +15,8 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
+from algorithms.types import LogitStats
+
 CHUNK_ELEMENTS = 1 << 22  # ~4M floats (16 MB in float32) of logits per chunk
 
 
@@ -84,3 +86,24 @@ def token_logp_and_entropy(logits_BTV: Tensor, tokens_BT: Tensor, temperature: f
     chunk_positions = max(1, CHUNK_ELEMENTS // max(V, 1))
     logp_BT, entropy_BT = _TokenLogpEntropy.apply(logits_BTV, tokens_BT.long(), float(temperature), chunk_positions)
     return logp_BT, entropy_BT
+
+
+@torch.no_grad()
+def token_logit_stats(logits_BTV: Tensor, tokens_BT: Tensor, temperature: float = 1.0) -> LogitStats:
+    """``LogitStats`` of softmax(logits / temperature) at each position (no gradient), in the same chunks as
+    ``token_logp_and_entropy``: no second B x T x V tensor. With z = logits / tau:
+        logit_t = z_t[y_t]                       certainty_t = logsumexp_v z_tv - mean_v z_tv
+    so logit_t = logp_t + logsumexp_v z_tv, and certainty_t = KL(U || p_t) + log V (the uniform's KL, shifted)."""
+    B, T, V = logits_BTV.shape
+    assert tokens_BT.shape == (B, T), f"tokens_BT must have shape ({B}, {T}), got {tuple(tokens_BT.shape)}"
+    if not temperature > 0:
+        raise ValueError(f"temperature={temperature} must be > 0")
+    dtype = torch.promote_types(logits_BTV.dtype, torch.float32)
+    logit_BT = torch.empty(B, T, dtype=dtype, device=logits_BTV.device)
+    certainty_BT = torch.empty_like(logit_BT)
+    tokens_BT = tokens_BT.long()
+    for rows, cols in _blocks(B, T, max(1, CHUNK_ELEMENTS // max(V, 1))):
+        z_RCV = logits_BTV[rows, cols].to(dtype) / temperature
+        logit_BT[rows, cols] = z_RCV.gather(-1, tokens_BT[rows, cols, None]).squeeze(-1)
+        certainty_BT[rows, cols] = torch.logsumexp(z_RCV, dim=-1) - z_RCV.mean(dim=-1)
+    return LogitStats(logit_BT=logit_BT, certainty_BT=certainty_BT)

@@ -1,10 +1,11 @@
 """The policy loss of one micro-batch: clipped surrogate (token or sequence ratio, dual clip), the covariance
 methods, the 80/20 entropy mask, KL to a reference policy and the entropy bonus, each through ``aggregate``.
 
-Batch statistics of the *current* policy (Clip-Cov / KL-Cov covariances, the 80/20 entropy quantile) are taken
-over the micro-batch passed in, as verl does (they need the current log-probs, which exist one micro-batch at a
-time); with several micro-batches per step these three methods are therefore not micro-batch invariant. Every
-other term is: with one ``Normalizers`` for the whole step, micro-batch losses sum to the full-batch loss.
+Batch statistics of the *current* policy (Clip-Cov / KL-Cov covariances, the 80/20 entropy quantile, BAPO's bounds)
+are taken over the micro-batch passed in, as verl does (they need the current log-probs, which exist one micro-batch
+at a time); with several micro-batches per step these methods are therefore not micro-batch invariant
+(``Algorithm.loss_reads_micro_batch``). Every other term is: with one ``Normalizers`` for the whole step,
+micro-batch losses sum to the full-batch loss.
 """
 
 import math
@@ -14,11 +15,12 @@ import torch
 from torch import Tensor
 
 from algorithms.aggregate import aggregate
+from algorithms.bapo import bapo_bounds
 from algorithms.presets import Algorithm
-from algorithms.types import KLEstimator, LossOutput, Normalizers, RatioLevel
+from algorithms.types import KLEstimator, LossOutput, Normalizers, RatioLevel, SumReducer
 
 LOG_RATIO_CLAMP = 20.0  # |log pi/pi_old| beyond 20 is clamped before exp (verl clamps at 20 too)
-KL_CLAMP = 10.0  # per-token KL estimates are clamped to [-10, 10] (verl's low_var_kl)
+KL_CLAMP = 10.0  # the k3 estimate is clamped to [-10, 10] (verl's low_var_kl; its k1 and k2 are not clamped)
 
 
 def log_ratio_BT(level: RatioLevel, logp_BT: Tensor, old_logp_BT: Tensor, mask_BT: Tensor) -> Tensor:
@@ -41,28 +43,32 @@ def log_ratio_BT(level: RatioLevel, logp_BT: Tensor, old_logp_BT: Tensor, mask_B
 
 def kl_BT(estimator: KLEstimator, logp_BT: Tensor, ref_logp_BT: Tensor) -> Tensor:
     """Per-token estimate of KL(pi_theta || pi_ref) from samples of pi_theta (Schulman, "Approximating KL"), with
-    d = ref_logp - logp: "k1" -d; "k2" d^2 / 2; "k3" exp(d) - d - 1 (DeepSeekMath eq. 4). Clamped to [-10, 10]."""
-    d_BT = (ref_logp_BT - logp_BT).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    d = ref_logp - logp: "k1" -d; "k2" d^2 / 2; "k3" exp(d) - d - 1 (DeepSeekMath eq. 4), as verl's ``kl_penalty``:
+    only k3 is clamped (d to [-20, 20] before exp, the estimate to [-10, 10]); k1 and k2 are not."""
+    d_BT = ref_logp_BT - logp_BT
     match estimator:
         case "k1":
-            out_BT = -d_BT
+            return -d_BT
         case "k2":
-            out_BT = 0.5 * d_BT.square()
+            return 0.5 * d_BT.square()
         case "k3":
-            out_BT = d_BT.exp() - d_BT - 1.0
+            d_BT = d_BT.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+            return (d_BT.exp() - d_BT - 1.0).clamp(-KL_CLAMP, KL_CLAMP)
         case _:
             assert_never(estimator)
-    return out_BT.clamp(-KL_CLAMP, KL_CLAMP)
 
 
-def clipped_surrogate_BT(algo: Algorithm, ratio_BT: Tensor, adv_BT: Tensor) -> Tensor:
-    """PPO's clipped surrogate with independent bounds (DAPO clip-higher) and optional dual clip (Ye et al. 2020):
-    loss = max(-A r, -A clip(r, 1 - eps_low, 1 + eps_high)); with dual clip c, for A < 0: min(loss, -A c)."""
+def clipped_surrogate_BT(
+    ratio_BT: Tensor, adv_BT: Tensor, lower: float, upper: float, dual_clip: float | None
+) -> Tensor:
+    """PPO's clipped surrogate with independent ratio bounds (1 - eps_low, 1 + eps_high: DAPO's clip-higher; BAPO's
+    searched bounds) and optional dual clip (Ye et al. 2020):
+    loss = max(-A r, -A clip(r, lower, upper)); with dual clip c, for A < 0: min(loss, -A c)."""
     unclipped_BT = -adv_BT * ratio_BT
-    clipped_BT = -adv_BT * ratio_BT.clamp(1.0 - algo.clip_low, 1.0 + algo.clip_high)
+    clipped_BT = -adv_BT * ratio_BT.clamp(lower, upper)
     loss_BT = torch.maximum(unclipped_BT, clipped_BT)
-    if algo.dual_clip is not None:
-        loss_BT = torch.where(adv_BT < 0, torch.minimum(loss_BT, -adv_BT * algo.dual_clip), loss_BT)
+    if dual_clip is not None:
+        loss_BT = torch.where(adv_BT < 0, torch.minimum(loss_BT, -adv_BT * dual_clip), loss_BT)
     return loss_BT
 
 
@@ -92,19 +98,25 @@ def policy_loss(
     ref_logp_BT: Tensor | None = None,
     entropy_BT: Tensor | None = None,
     generator: torch.Generator | None = None,
+    reduce: SumReducer | None = None,
 ) -> LossOutput:
     """This micro-batch's share of the step loss (float32) and its metrics (see ``LossOutput``).
 
     loss = aggregate(surrogate) + beta * aggregate(KL to ref) - c_H * aggregate(entropy), one mask, one ``norm``.
     surrogate by ``cov_method``:
-      "none":     the clipped surrogate of ``clipped_surrogate_BT``.
+      "none":     the clipped surrogate of ``clipped_surrogate_BT``, bounds 1 - clip_low and 1 + clip_high, or with
+                  ``clip_search="bapo"`` the bounds ``bapo_bounds`` chooses for this micro-batch (``reduce`` sums
+                  its contributions over data-parallel ranks).
       "clip_cov": the same, with a random max(1, floor(clip_cov_ratio * n)) of the tokens with
                   clip_cov_low < Cov < clip_cov_high (not already clipped) multiplied by 0 (no loss, no gradient);
                   n = trained tokens of the micro-batch (Cui et al. Alg. 1; count as in their verl code).
-      "kl_cov":   -A r unclipped, plus kl_cov_coef * |logp - old_logp| on the top max(1, floor(kl_cov_ratio * n))
-                  tokens by Cov (Cui et al. eq. 13).
+      "kl_cov":   -A r unclipped (no clip, no dual clip), plus kl_cov_coef * |logp - old_logp| on the top
+                  max(1, floor(kl_cov_ratio * n)) tokens by Cov (Cui et al. eq. 13).
     ``entropy_mask_quantile`` q > 0 (Wang et al. 2506.01939 eq. 6): the surrogate of tokens whose entropy is below
-    the q-quantile of the micro-batch's token entropies is multiplied by 0; the normaliser is unchanged.
+    the q-quantile of the micro-batch's token entropies is multiplied by 0; ``entropy_mask_normaliser`` "all" keeps
+    the normaliser (the paper's eq.), "kept" averages over the kept tokens (the authors' code): under "token_mean"
+    the micro-batch's kept-token mean weighted by its share n_micro / N of the step's trained tokens, under the
+    sequence modes the rows' kept tokens in place of their trained tokens.
     ``generator`` drives Clip-Cov's random choice (default: torch's global generator).
     """
     B, T = logp_BT.shape
@@ -126,14 +138,24 @@ def policy_loss(
 
     ratio_BT = log_ratio_BT(algo.ratio_level, logp_BT, old_logp_BT, mask_BT).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
     ratio_BT = ratio_BT.exp()
-    high_BT = (adv_BT > 0) & (ratio_BT > 1.0 + algo.clip_high)
-    low_BT = (adv_BT < 0) & (ratio_BT < 1.0 - algo.clip_low)
     metrics: dict[str, Tensor] = {}
+    match algo.clip_search:
+        case "none":
+            lower, upper = 1.0 - algo.clip_low, 1.0 + algo.clip_high
+        case "bapo":
+            bounds = bapo_bounds(algo, ratio_BT, adv_BT, mask_BT, reduce)
+            lower, upper = bounds.low, bounds.high
+            token_share = mask_BT.sum() / max(norm.num_tokens, 1)
+            metrics["bapo_clip_low"], metrics["bapo_clip_high"] = lower * token_share, upper * token_share
+        case _:
+            assert_never(algo.clip_search)
+    high_BT = (adv_BT > 0) & (ratio_BT > upper)
+    low_BT = (adv_BT < 0) & (ratio_BT < lower)
     match algo.cov_method:
         case "none":
-            surrogate_BT = clipped_surrogate_BT(algo, ratio_BT, adv_BT)
+            surrogate_BT = clipped_surrogate_BT(ratio_BT, adv_BT, lower, upper, algo.dual_clip)
         case "clip_cov":
-            surrogate_BT = clipped_surrogate_BT(algo, ratio_BT, adv_BT)
+            surrogate_BT = clipped_surrogate_BT(ratio_BT, adv_BT, lower, upper, algo.dual_clip)
             cov_BT = token_covariance_BT(logp_BT.detach(), adv_BT, mask_BT)
             candidates_BT = mask_BT & (cov_BT > algo.clip_cov_low) & (cov_BT < algo.clip_cov_high) & ~high_BT & ~low_BT
             count = max(1, math.floor(algo.clip_cov_ratio * int(mask_BT.sum())))
@@ -157,6 +179,7 @@ def policy_loss(
             metrics["cov_selected_frac"] = share(chosen_BT)
         case _:
             assert_never(algo.cov_method)
+    loss_mask_BT, loss_scale = mask_BT, 1.0
     if algo.entropy_mask_quantile > 0 and bool(mask_BT.any()):
         assert entropy_BT is not None and entropy_BT.shape == (B, T)
         entropy_detached_BT = entropy_BT.detach().float()
@@ -164,8 +187,12 @@ def policy_loss(
         kept_BT = mask_BT & (entropy_detached_BT >= threshold)
         surrogate_BT = surrogate_BT.masked_fill(~kept_BT, 0.0)
         metrics["entropy_mask_frac"] = share(kept_BT)
+        if algo.entropy_mask_normaliser == "kept":
+            loss_mask_BT = kept_BT
+            if algo.aggregation == "token_mean":  # the kept-token mean, weighted by the micro-batch's token share
+                loss_scale = int(mask_BT.sum()) / max(int(kept_BT.sum()), 1)
 
-    loss = aggregate(surrogate_BT, mask_BT, algo.aggregation, norm)
+    loss = aggregate(surrogate_BT, loss_mask_BT, algo.aggregation, norm) * loss_scale
     if ref_logp_BT is not None:
         assert ref_logp_BT.shape == (B, T)
         kl_ref_BT = kl_BT(algo.kl_estimator, logp_BT, ref_logp_BT.detach().float().masked_fill(~mask_BT, 0.0))
@@ -182,6 +209,6 @@ def policy_loss(
     metrics["approx_kl"] = share(token_log_ratio_BT.exp() - 1.0 - token_log_ratio_BT)  # k3 of KL(old || new)
     metrics["clip_frac_low"] = share(low_BT)
     metrics["clip_frac_high"] = share(high_BT)
-    if algo.dual_clip is not None:
+    if algo.dual_clip is not None and algo.cov_method != "kl_cov":  # KL-Cov's surrogate is unclipped
         metrics["clip_frac_dual"] = share((adv_BT < 0) & (ratio_BT > algo.dual_clip))
     return LossOutput(loss=loss, metrics=metrics)

@@ -42,17 +42,27 @@ def shape_rewards(algo: Algorithm, correct_B: Tensor, lengths_B: Tensor, max_new
     return rewards_B
 
 
-def group_filter(algo: Algorithm, rewards_B: Tensor, group_size: int) -> Tensor:
-    """Bool per group: keep it? DAPO dynamic sampling (``drop_uniform_groups``) drops groups whose G rewards are
-    all equal (their group-relative advantage is zero everywhere); otherwise every group is kept.
-
-    A group of one always has equal rewards, so with G = 1 dynamic sampling keeps nothing.
+def group_filter(algo: Algorithm, correct_B: Tensor, rewards_B: Tensor, group_size: int) -> Tensor:
+    """Bool per group: keep it? DAPO dynamic sampling (``drop_uniform_groups``) keeps a group with something to learn
+    from, by ``algo.filter_metric``:
+        "correct": 0 < #correct < G (DAPO 2503.14476 eq. 11; verl's recipe ``filter_groups.metric=acc``), so an
+                   all-correct or all-wrong group is dropped even when overlong shaping made its rewards differ;
+        "reward":  the G shaped rewards are not all equal.
+    Otherwise every group is kept. A group of one is never mixed, so with G = 1 dynamic sampling keeps nothing.
     """
     (B,) = rewards_B.shape
+    assert correct_B.shape == (B,), f"correct_B must have shape ({B},), got {tuple(correct_B.shape)}"
     if group_size < 1 or B % group_size != 0:
         raise ValueError(f"group_size={group_size} must be >= 1 and divide the batch of {B} rows")
     P = B // group_size
     if not algo.drop_uniform_groups:
         return torch.ones(P, dtype=torch.bool, device=rewards_B.device)
-    rewards_PG = rewards_B.view(P, group_size)
-    return rewards_PG.amax(dim=-1) > rewards_PG.amin(dim=-1)
+    match algo.filter_metric:
+        case "correct":
+            num_correct_P = correct_B.view(P, group_size).sum(dim=-1)
+            return (num_correct_P > 0) & (num_correct_P < group_size)
+        case "reward":
+            rewards_PG = rewards_B.view(P, group_size)
+            return rewards_PG.amax(dim=-1) > rewards_PG.amin(dim=-1)
+        case _:
+            assert_never(algo.filter_metric)

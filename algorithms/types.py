@@ -10,7 +10,7 @@ Dimension key (every tensor that crosses a function boundary carries its shape a
 ``mask_BT`` is ``torch.bool``, True on response tokens that are trained on.
 """
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -25,6 +25,11 @@ KLEstimator = Literal["k1", "k2", "k3"]
 CovMethod = Literal["none", "clip_cov", "kl_cov"]
 Credit = Literal["focal", "uniform", "inverse", "rank"]
 NormLevel = Literal["group", "batch"]
+FilterMetric = Literal["correct", "reward"]
+ClipSearch = Literal["none", "bapo"]
+UCASVariant = Literal["none", "miner_port", "official"]
+MaskNormaliser = Literal["kept", "all"]
+SumReducer = Callable[[dict[str, float]], dict[str, float]]  # sums over data-parallel ranks (identity on one rank)
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,19 @@ class Normalizers:
 
 
 @dataclass(frozen=True)
+class LogitStats:
+    """What the old policy's logits say about each position beyond the sampled token's log-prob (no gradient).
+
+    With z = logits / tau (tau the sampling temperature): ``logit_BT`` = z_t[y_t], the sampled token's scaled logit
+    (= logp_t + logsumexp_v z_tv); ``certainty_BT`` = logsumexp_v z_tv - mean_v z_tv, the self-certainty
+    KL(U || p_t) + log V (Kang et al. 2025). Zero beyond the mask. UCAS reads them.
+    """
+
+    logit_BT: Tensor
+    certainty_BT: Tensor
+
+
+@dataclass(frozen=True)
 class LossOutput:
     """``loss``: this micro-batch's share of the step loss (scalar, with grad; shares sum to the step loss).
 
@@ -78,7 +96,8 @@ class LossOutput:
     the micro-batch's trained tokens divided by ``norm.num_tokens``), so summing a key over micro-batches (and
     all-reducing a sum over ranks) gives the step's value. Keys: ``clip_frac_low``, ``clip_frac_high``,
     ``approx_kl`` always; ``entropy`` when ``entropy_BT`` is given; ``kl_ref`` when ``ref_logp_BT`` is given;
-    per-method extras (``clip_frac_dual``, ``cov_selected_frac``, ``entropy_mask_frac``).
+    per-method extras (``clip_frac_dual``, ``cov_selected_frac``, ``entropy_mask_frac``; BAPO: ``bapo_clip_low``,
+    ``bapo_clip_high``, each micro-batch's chosen bound weighted by its share of the step's tokens).
     """
 
     loss: Tensor

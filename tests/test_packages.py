@@ -9,8 +9,10 @@ PUBLIC = {
         "ALGORITHMS",
         "AdvantageOutput",
         "Algorithm",
+        "LogitStats",
         "LossOutput",
         "Normalizers",
+        "PRESET_OPTIM",
         "advantages_with_metrics",
         "aggregate",
         "compute_advantages",
@@ -18,6 +20,7 @@ PUBLIC = {
         "group_filter",
         "policy_loss",
         "shape_rewards",
+        "token_logit_stats",
         "token_logp_and_entropy",
     ],
     "evals": [

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from algorithms import token_logp_and_entropy
+from algorithms import LogitStats, token_logit_stats, token_logp_and_entropy
 from rollout import Rollout
 
 
@@ -134,8 +134,10 @@ def sequence_logp(
     temperature: float,
     pad_id: int,
     compute_dtype: torch.dtype,
-) -> tuple[Tensor, Tensor]:
+    logit_stats: bool = False,
+) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, LogitStats]:
     """(logp_BT, entropy_BT) of the response tokens under ``model`` at the sampling temperature; zero beyond the mask.
+    With ``logit_stats`` (no-grad use: UCAS's old policy) also their ``LogitStats``, read from the same logits.
 
     Rows are laid out as the engine generated them: the prompt left-padded, the response after it, position ids
     counted from each row's first real token (as ``generate`` does), so left padding changes nothing."""
@@ -165,4 +167,10 @@ def sequence_logp(
     logp_BT, entropy_BT = token_logp_and_entropy(logits, tokens_BT[:, :width].to(device), temperature)
     mask = mask_BT[:, :width].to(device)
     logp_BT, entropy_BT = logp_BT.masked_fill(~mask, 0.0), entropy_BT.masked_fill(~mask, 0.0)
+    if logit_stats:
+        stats = token_logit_stats(logits.detach(), tokens_BT[:, :width].to(device), temperature)
+        stats = LogitStats(
+            *(pad_columns(x_BT.masked_fill(~mask, 0.0), T) for x_BT in (stats.logit_BT, stats.certainty_BT))
+        )
+        return pad_columns(logp_BT, T), pad_columns(entropy_BT, T), stats
     return pad_columns(logp_BT, T), pad_columns(entropy_BT, T)

@@ -13,7 +13,7 @@ import types
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
-from algorithms import ALGORITHMS, Algorithm, get_algorithm
+from algorithms import ALGORITHMS, PRESET_OPTIM, Algorithm, get_algorithm
 
 Engine = Literal["transformers", "vllm"]
 Strategy = Literal["ddp", "fsdp2"]
@@ -279,8 +279,15 @@ PROFILES = {"tiny": tiny, "paper": paper}
 
 
 def with_algorithm(config: RunConfig, preset: str, **overrides: Any) -> RunConfig:
-    """``config`` with the algorithm preset ``preset`` plus field overrides (how sweeps build each arm)."""
-    return dataclasses.replace(config, preset=preset, algorithm=get_algorithm(preset, **overrides))
+    """``config`` with the algorithm preset ``preset`` plus field overrides (how sweeps build each arm), and the
+    preset's own optimiser schedule where it has one (``PRESET_OPTIM``: BAPO's 2 epochs x 4 mini-batches)."""
+    config = dataclasses.replace(config, preset=preset, algorithm=get_algorithm(preset, **overrides))
+    if preset in PRESET_OPTIM:
+        epochs, mini_batches = PRESET_OPTIM[preset]
+        config = dataclasses.replace(
+            config, optim=dataclasses.replace(config.optim, epochs=epochs, mini_batches=mini_batches)
+        )
+    return config
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -373,6 +380,8 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
             if raw not in ALGORITHMS:
                 raise ValueError(f"--algorithm={raw!r} is not a preset; choose one of: {', '.join(ALGORITHMS)}")
             data["preset"], data["algorithm"] = raw, to_dict(ALGORITHMS[raw])
+            if raw in PRESET_OPTIM:  # the preset's own schedule; a later --optim.epochs / mini_batches wins
+                data["optim"]["epochs"], data["optim"]["mini_batches"] = PRESET_OPTIM[raw]
             continue
         *path, leaf = key.split(".")
         node, hints = data, get_type_hints(RunConfig)

@@ -200,13 +200,14 @@ def _train(config: RunConfig, resume: str, meta: dict[str, Any], info: DistInfo)
             start = time.perf_counter()
             reset_peak_memory(info.device)
             logp_model = unwrap(trainer) if not is_sharded(trainer) else trainer
-            old_logp_BT = old_entropy_BT = None  # one optimiser step, advantages blind to it: the trainer's own logp
+            old_logp_BT = old_entropy_BT = old_stats = None  # one optimiser step, advantages blind to it: own logp
             if old_policy_forward_needed(config):
-                old_logp_BT, old_entropy_BT = batch_logps(logp_model, batch, config, info, pad_id)
+                old = batch_logps(logp_model, batch, config, info, pad_id, config.algorithm.advantages_read_logits)
+                old_logp_BT, old_entropy_BT, old_stats = old if len(old) == 3 else (*old, None)
             ref_logp_BT = batch_logps(reference, batch, config, info, pad_id)[0] if reference is not None else None
             advantages = advantages_with_metrics(
                 config.algorithm, batch.rewards_B, old_logp_BT, batch.mask_BT, config.rollout.group_size,
-                old_entropy_BT=old_entropy_BT,
+                old_entropy_BT=old_entropy_BT, old_logit_stats=old_stats,
             )  # fmt: skip
             adv_BT = advantages.adv_BT
             row |= {f"algo/{key}": value.item() for key, value in advantages.metrics.items()}

@@ -13,7 +13,7 @@ from typing import assert_never
 import torch
 from torch import Tensor, nn
 
-from algorithms import Normalizers, policy_loss
+from algorithms import LogitStats, Normalizers, policy_loss
 from training.batch import StepBatch, derive_seed, pad_columns, sequence_logp
 from training.config import RunConfig, Schedule
 from training.distributed import (
@@ -49,9 +49,10 @@ def longest_first(rows: list[int], batch: StepBatch) -> list[int]:
 
 
 def micro_batch_invariant(config: RunConfig) -> bool:
-    """Is the step loss independent of which rows share a micro-batch? Clip-Cov / KL-Cov covariances and the 80/20
-    entropy quantile are statistics of the micro-batch (algorithms/losses.py), so for them the rows keep their order."""
-    return config.algorithm.cov_method == "none" and config.algorithm.entropy_mask_quantile == 0
+    """Is the step loss independent of which rows share a micro-batch? Clip-Cov / KL-Cov covariances, the 80/20
+    entropy quantile and BAPO's bounds are statistics of the micro-batch (``Algorithm.loss_reads_micro_batch``), so
+    for them the rows keep their order."""
+    return not config.algorithm.loss_reads_micro_batch
 
 
 def zero_advantage_rows_skip_backward(config: RunConfig) -> bool:
@@ -93,9 +94,10 @@ def old_policy_forward_needed(config: RunConfig) -> bool:
 
 @torch.no_grad()
 def batch_logps(
-    model: nn.Module, batch: StepBatch, config: RunConfig, info: DistInfo, pad_id: int
-) -> tuple[Tensor, Tensor]:
-    """(logp_BT, entropy_BT) of the whole batch under ``model`` at the rollout temperature, identical on all ranks."""
+    model: nn.Module, batch: StepBatch, config: RunConfig, info: DistInfo, pad_id: int, logit_stats: bool = False
+) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, LogitStats]:
+    """(logp_BT, entropy_BT) of the whole batch under ``model`` at the rollout temperature, identical on all ranks;
+    with ``logit_stats`` (UCAS) also their ``LogitStats``."""
     B, T = batch.tokens_BT.shape
     dtype = getattr(torch, config.model.compute_dtype)
     rows = rank_share(list(range(B)), info)
@@ -103,14 +105,16 @@ def batch_logps(
     parts = []
     for micro in micro_batches(order, config.optim.micro_batch_size):
         sub = batch.select(micro)
-        logp_BT, entropy_BT = sequence_logp(
-            model, sub.prompt_ids_B, sub.tokens_BT, sub.mask_BT, config.rollout.temperature, pad_id, dtype
+        out = sequence_logp(
+            model, sub.prompt_ids_B, sub.tokens_BT, sub.mask_BT, config.rollout.temperature, pad_id, dtype, logit_stats
         )
-        parts.append((pad_columns(logp_BT.cpu(), T), pad_columns(entropy_BT.cpu(), T)))
+        tensors = out[:2] if not logit_stats else (*out[:2], out[2].logit_BT, out[2].certainty_BT)
+        parts.append(tuple(pad_columns(x_BT.cpu(), T) for x_BT in tensors))
     back = torch.tensor(order).argsort()  # back to this rank's row order
-    mine = (torch.cat([p[0] for p in parts])[back], torch.cat([p[1] for p in parts])[back])
+    mine = tuple(torch.cat([p[k] for p in parts])[back] for k in range(len(parts[0])))
     gathered = all_gather_objects(mine, info)
-    return torch.cat([g[0] for g in gathered]), torch.cat([g[1] for g in gathered])
+    logp_BT, entropy_BT, *stats = (torch.cat([g[k] for g in gathered]) for k in range(len(mine)))
+    return (logp_BT, entropy_BT, LogitStats(*stats)) if logit_stats else (logp_BT, entropy_BT)
 
 
 def update_policy(
@@ -182,6 +186,7 @@ def update_policy(
                         ref_logp_BT=None if ref_logp_BT is None else ref_logp_BT[micro, :width].to(device),
                         entropy_BT=entropy_BT,
                         generator=generator,
+                        reduce=lambda sums: all_reduce_sum(sums, info),  # BAPO: bounds chosen alike on every rank
                     )
                     loss = out.loss
                     if config.fault_nan_at_step == step:  # testing only: a loss that has become NaN
