@@ -7,6 +7,7 @@ import torch
 
 from algorithms import (
     ALGORITHMS,
+    LogitStats,
     advantages_with_metrics,
     compute_advantages,
     get_algorithm,
@@ -43,12 +44,20 @@ def test_dapo_signed_rewards_with_overlong_shaping_by_hand():
     close(shape_rewards(get_algorithm("dapo"), correct_B, lengths_B, 10), want)
 
 
-def test_group_filter_drops_uniform_groups_only_for_dynamic_sampling():
-    rewards_B = torch.tensor([1.0, 1.0, 0.0, 1.0, -1.0, -1.0])  # groups of 2: uniform, mixed, uniform
-    assert group_filter(get_algorithm("dapo"), rewards_B, 2).tolist() == [False, True, False]
-    assert group_filter(get_algorithm("grpo"), rewards_B, 2).tolist() == [True, True, True]
+def test_group_filter_drops_groups_by_correctness():
+    """DAPO keeps a group when 0 < #correct < G. Fails on the code before issue 15, which kept the all-correct
+    group below because overlong shaping (one answer 2 tokens into the 2-token buffer) made its rewards differ."""
+    correct_B = torch.tensor([True, True, False, True, False, False])  # groups of 2: all correct, mixed, all wrong
+    rewards_B = shape_rewards(get_algorithm("dapo"), correct_B, torch.tensor([10, 8, 5, 5, 5, 9]), 10)
+    # L_max 10, L_cache 2: lengths 10 and 9 lose (8 - 10) / 2 = -1 and (8 - 9) / 2 = -0.5
+    close(rewards_B, [0.0, 1.0, -1.0, 1.0, -1.0, -1.5])
+    dapo = get_algorithm("dapo")
+    assert group_filter(dapo, correct_B=correct_B, rewards_B=rewards_B, group_size=2).tolist() == [False, True, False]
+    by_reward = get_algorithm("dapo", filter_metric="reward")  # the shaped rewards differ in groups 1 and 3
+    assert group_filter(by_reward, correct_B, rewards_B, 2).tolist() == [True, True, True]
+    assert group_filter(get_algorithm("grpo"), correct_B, rewards_B, 2).tolist() == [True, True, True]
     with pytest.raises(ValueError, match="group_size"):
-        group_filter(get_algorithm("dapo"), rewards_B, 4)
+        group_filter(dapo, correct_B, rewards_B, 4)
 
 
 # ---------------------------------------------------------------- verifiable estimators by hand
@@ -231,12 +240,14 @@ def test_permuting_groups_permutes_advantages(preset: str):
     old_logp_BT = -torch.rand(P * G, T, generator=generator) * 3
     entropy_BT = torch.rand(P * G, T, generator=generator)
     mask_BT = torch.arange(T)[None, :] < torch.randint(1, T + 1, (P * G, 1), generator=generator)
+    stats = LogitStats(torch.randn(P * G, T, generator=generator), torch.rand(P * G, T, generator=generator))
     algo = ALGORITHMS[preset]
-    adv_BT = compute_advantages(algo, rewards_B, old_logp_BT, mask_BT, G, old_entropy_BT=entropy_BT)
+    adv_BT = compute_advantages(algo, rewards_B, old_logp_BT, mask_BT, G, entropy_BT, stats)
     perm_P = torch.tensor([3, 0, 4, 2, 1])
     rows_B = (perm_P[:, None] * G + torch.arange(G)).flatten()
+    permuted_stats = LogitStats(stats.logit_BT[rows_B], stats.certainty_BT[rows_B])
     permuted_BT = compute_advantages(
-        algo, rewards_B[rows_B], old_logp_BT[rows_B], mask_BT[rows_B], G, old_entropy_BT=entropy_BT[rows_B]
+        algo, rewards_B[rows_B], old_logp_BT[rows_B], mask_BT[rows_B], G, entropy_BT[rows_B], permuted_stats
     )
     torch.testing.assert_close(permuted_BT, adv_BT[rows_B], atol=1e-6, rtol=1e-6)
 
@@ -249,11 +260,13 @@ def test_padding_beyond_the_mask_changes_no_advantage(preset: str):
     old_logp_BT = -torch.rand(B, T, generator=generator)
     entropy_BT = torch.rand(B, T, generator=generator)
     mask_BT = torch.arange(T)[None, :] < torch.tensor([[5], [3], [1], [4], [2], [5], [3], [2]])
+    stats = LogitStats(torch.randn(B, T, generator=generator), torch.rand(B, T, generator=generator))
     algo = ALGORITHMS[preset]
-    adv_BT = compute_advantages(algo, rewards_B, old_logp_BT, mask_BT, G, old_entropy_BT=entropy_BT)
+    adv_BT = compute_advantages(algo, rewards_B, old_logp_BT, mask_BT, G, entropy_BT, stats)
     junk_logp_BT = old_logp_BT.masked_fill(~mask_BT, -50.0)
     junk_entropy_BT = entropy_BT.masked_fill(~mask_BT, 1e4)
-    adv_junk_BT = compute_advantages(algo, rewards_B, junk_logp_BT, mask_BT, G, old_entropy_BT=junk_entropy_BT)
+    junk_stats = LogitStats(stats.logit_BT.masked_fill(~mask_BT, 1e4), stats.certainty_BT.masked_fill(~mask_BT, -1e4))
+    adv_junk_BT = compute_advantages(algo, rewards_B, junk_logp_BT, mask_BT, G, junk_entropy_BT, junk_stats)
     torch.testing.assert_close(adv_junk_BT, adv_BT, atol=0, rtol=0)
     assert (adv_BT[~mask_BT] == 0).all()
 
@@ -261,9 +274,10 @@ def test_padding_beyond_the_mask_changes_no_advantage(preset: str):
 # ---------------------------------------------------------------- which advantages read the old policy
 
 
-def test_only_miner_and_the_entropy_advantage_read_the_old_policy():
+def test_only_miner_ucas_and_the_entropy_advantage_read_the_old_policy():
     reading = {name for name, algo in ALGORITHMS.items() if algo.advantages_read_old_policy}
-    assert reading == {name for name in ALGORITHMS if name.startswith("miner")} | {"entropy_adv"}
+    assert reading == {name for name in ALGORITHMS if name.startswith("miner")} | {"entropy_adv", "ucas"}
+    assert {name for name, algo in ALGORITHMS.items() if algo.advantages_read_logits} == {"ucas"}
     assert get_algorithm("miner", intrinsic=False).advantages_read_old_policy is False
 
 

@@ -177,19 +177,53 @@ def test_kl_cov_by_hand():
     close(new_BT.grad, [[(-2 * math.exp(0.1) + 1) / 4, 0.25, 0.0, 0.25]])
 
 
-def test_high_entropy_mask_by_hand():
+@pytest.mark.parametrize(
+    "normaliser, want_loss, want_grad",
+    [
+        ("kept", -1.0, -1.0),  # the authors' code: the mean over the 1 kept token, -A r = -1
+        ("all", -1 / 5, -0.2),  # the paper's eq.: the normaliser stays the 5 trained tokens
+    ],
+)
+def test_high_entropy_mask_by_hand(normaliser: str, want_loss: float, want_grad: float):
     # entropies 0.1, 0.5, 2.0, 1.0, 3.0: sorted 0.1 0.5 1.0 2.0 3.0, 0.8-quantile at position 3.2 = 2 + 0.2 * 1
-    # = 2.2: only the last token (3.0) gets policy gradient; the normaliser stays 5 tokens
+    # = 2.2: only the last token (3.0) gets policy gradient
     entropy_BT = torch.tensor([[0.1, 0.5, 2.0, 1.0, 3.0]])
     new_BT = torch.zeros(1, 5, requires_grad=True)
+    algo = get_algorithm("high_entropy_mask", entropy_mask_normaliser=normaliser)
     out = policy_loss(
-        ALGORITHMS["high_entropy_mask"], new_BT, torch.zeros(1, 5), torch.ones(1, 5), torch.ones(1, 5).bool(),
-        Normalizers(5, 1, 5), entropy_BT=entropy_BT,
+        algo, new_BT, torch.zeros(1, 5), torch.ones(1, 5), torch.ones(1, 5).bool(), Normalizers(5, 1, 5),
+        entropy_BT=entropy_BT,
     )  # fmt: skip
     out.loss.backward()
-    close(out.loss, -1 / 5)
-    close(new_BT.grad, [[0.0, 0.0, 0.0, 0.0, -0.2]])
+    close(out.loss, want_loss)
+    close(new_BT.grad, [[0.0, 0.0, 0.0, 0.0, want_grad]])
     close(out.metrics["entropy_mask_frac"], 1 / 5)
+
+
+def test_high_entropy_mask_preset_takes_the_kept_token_mean():
+    """Fails on the code before issue 15, which divided the 80/20 surrogate by every trained token."""
+    entropy_BT = torch.tensor([[0.1, 0.5, 2.0, 1.0, 3.0]])
+    out = policy_loss(
+        ALGORITHMS["high_entropy_mask"], torch.zeros(1, 5), torch.zeros(1, 5), torch.full((1, 5), 2.0),
+        torch.ones(1, 5).bool(), Normalizers(5, 1, 5), entropy_BT=entropy_BT,
+    )  # fmt: skip
+    close(out.loss, -2.0)  # the one kept token: -A r = -2, averaged over 1 kept token (not over 5)
+
+
+def test_kept_token_mean_weights_each_micro_batch_by_its_tokens():
+    # micro-batch 1: 5 tokens, kept the last (A = 1): kept mean -1, weight 5 / 8; micro-batch 2: 3 tokens
+    # (entropies 1, 2, 3: 0.8-quantile at position 1.6 = 2.6, kept the last, A = 3): kept mean -3, weight 3 / 8
+    # step loss -1 * 5/8 - 3 * 3/8 = -14/8
+    algo, norm = ALGORITHMS["high_entropy_mask"], Normalizers(8, 2, 5)
+    first = policy_loss(
+        algo, torch.zeros(1, 5), torch.zeros(1, 5), torch.ones(1, 5), torch.ones(1, 5).bool(), norm,
+        entropy_BT=torch.tensor([[0.1, 0.5, 2.0, 1.0, 3.0]]),
+    )  # fmt: skip
+    second = policy_loss(
+        algo, torch.zeros(1, 5), torch.zeros(1, 5), torch.full((1, 5), 3.0),
+        torch.tensor([[True, True, True, False, False]]), norm, entropy_BT=torch.tensor([[1.0, 2.0, 3.0, 0.0, 0.0]]),
+    )  # fmt: skip
+    close(first.loss + second.loss, -14 / 8)
 
 
 def test_missing_inputs_are_value_errors():
