@@ -1,4 +1,4 @@
-"""Compare algorithms under shared settings: GRPO, DAPO, REINFORCE++-baseline, GSPO, Miner, entropy baselines.
+"""Compare algorithms under shared settings: Miner's comparison (GRPO, DAPO, REINFORCE++-b., GSPO, BAPO, ..., Miner).
 
     python sweeps/compare.py [--methods grpo,dapo,...] [--seeds 3] [--profile tiny|paper] [--executor ...]
 
@@ -19,17 +19,19 @@ from sweeps.launch import sweep_main
 from sweeps.options import base_config, seeds, shared_from_args
 from sweeps.spec import Arm, Sweep
 
+# Miner's comparison (2601.04731): the RLVR baselines, the exploration baselines, then Miner. Other presets
+# (dr_grpo, entropy_bonus, high_entropy_mask) run with --methods.
 METHODS = (
     "grpo",
     "dapo",
     "reinforce_pp_baseline",
     "gspo",
-    "miner",
-    "entropy_bonus",
-    "entropy_adv",
-    "clip_cov",
+    "bapo",
     "kl_cov",
-    "high_entropy_mask",
+    "clip_cov",
+    "entropy_adv",
+    "ucas",
+    "miner",
 )
 
 

@@ -206,3 +206,27 @@ def test_token_logit_stats_match_the_plain_formulas():
     # logit = logp + logsumexp: what the no-grad path gives without a second vocabulary-sized tensor
     logp_BT = torch.log_softmax(z_BTV, -1).gather(-1, tokens_BT[..., None]).squeeze(-1)
     close(stats.logit_BT, logp_BT + torch.logsumexp(z_BTV, -1), atol=1e-5)
+
+
+def test_sequence_logp_gives_the_old_policys_logit_stats(tmp_path):
+    """The no-grad path returns the sampled tokens' logits / T and certainties beside the log-probs, from the same
+    forward (checked against the model's full logits), zero beyond the mask."""
+    from transformers import AutoModelForCausalLM
+
+    from training.batch import sequence_logp
+    from training.tiny import random_tiny_model
+
+    torch.set_num_threads(1)
+    model = AutoModelForCausalLM.from_pretrained(random_tiny_model(tmp_path / "model", seed=0)).eval()
+    prompt_ids_B = [[5, 6, 7], [8, 9]]
+    tokens_BT = torch.tensor([[10, 11, 12], [13, 14, 0]])
+    mask_BT = torch.tensor([[True, True, True], [True, True, False]])
+    with torch.no_grad():
+        logp_BT, _, stats = sequence_logp(model, prompt_ids_B, tokens_BT, mask_BT, 0.7, 0, torch.float32, True)
+        for b, ids in enumerate(prompt_ids_B):  # one row at a time, no padding: the plain formulas
+            n = int(mask_BT[b].sum())
+            logits_TV = model(torch.tensor([ids + tokens_BT[b, :n].tolist()])).logits[0, len(ids) - 1 : -1] / 0.7
+            close(stats.logit_BT[b, :n], logits_TV.gather(-1, tokens_BT[b, :n, None]).squeeze(-1), atol=1e-4)
+            close(stats.certainty_BT[b, :n], torch.logsumexp(logits_TV, -1) - logits_TV.mean(-1), atol=1e-4)
+            close(stats.logit_BT[b, :n], logp_BT[b, :n] + torch.logsumexp(logits_TV, -1), atol=1e-4)
+    assert stats.logit_BT[1, 2] == 0 and stats.certainty_BT[1, 2] == 0

@@ -147,3 +147,25 @@ def test_status_and_skip_states(tmp_path: Path):
     assert states == [("done", 1), ("partial", 1), ("failed", 1), ("running", 1), ("not started", None)]
     assert [run_state(d) for d in dirs] == ["done", "partial", "partial", "partial", "new"]
     assert format_table(sweep_status(tmp_path)).endswith("1 done, 1 partial, 1 failed, 1 running, 1 not started")
+
+
+def test_bapo_arm_carries_its_off_policy_schedule():
+    """The bapo preset runs 2 epochs x 4 mini-batches (as bapo_0.8_0.95_1.2_2.0_target_0.5), in a sweep and on the
+    training CLI; the old log-probs then come from a separate forward. A later --optim override still wins."""
+    from training.config import apply_overrides, tiny
+    from training.update import old_policy_forward_needed
+
+    sweep = parse(compare, ["--methods", "bapo", "--seeds", "1"])
+    configs = {run.arm: run.config for run in sweep_runs(sweep, Path("results/compare"))}
+    assert (configs["bapo"].optim.epochs, configs["bapo"].optim.mini_batches) == (2, 4)
+    assert (configs["grpo"].optim.epochs, configs["grpo"].optim.mini_batches) == (1, 1)
+    assert old_policy_forward_needed(configs["bapo"]) and not old_policy_forward_needed(configs["grpo"])
+    cli = apply_overrides(tiny(), ["--algorithm=bapo"])
+    assert (cli.optim.epochs, cli.optim.mini_batches) == (2, 4)
+    assert apply_overrides(tiny(), ["--optim.epochs=1", "--algorithm=bapo"]).optim.epochs == 1
+
+
+def test_default_methods_are_miners_comparison():
+    assert compare.METHODS == (
+        "grpo", "dapo", "reinforce_pp_baseline", "gspo", "bapo", "kl_cov", "clip_cov", "entropy_adv", "ucas", "miner"
+    )  # fmt: skip

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from sweeps import compare
 from training.tiny import random_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,3 +52,39 @@ def test_ablation_then_report_as_plain_files(tmp_path: Path):
     assert (report / "figures" / "sweep-curves-tokens.png").is_file()
     again = subprocess.run([*command, *TINY], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "nothing to run" in again.stdout
+
+
+@pytest.mark.slow
+def test_compare_default_methods_on_the_embedded_default(tmp_path: Path, tiny_model_dir: Path):
+    """Miner's comparison, every default method, 1 seed x 2 steps on the embedded model through the training CLI
+    (each run is ``python -m training.train --config``): BAPO runs its 2 x 4 optimiser steps with searched bounds,
+    UCAS shapes every trained token (the token term reaches uniform groups too)."""
+    out = tmp_path / "compare"
+    small = [
+        "--seeds", "1", "--steps", "2", "--group-size", "4", "--max-new-tokens", "32",
+        "--set", "rollout.prompts_per_step=4", "--set", "rollout.max_extra_rounds=1", "--set", "eval.every=0",
+        "--set", "eval.test=tiny_add", "--set", "eval.n=1", "--set", "eval.max_problems=2",
+    ]  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "sweeps/compare.py", "--out", str(out), *small],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    plan = json.loads((out / "sweep.json").read_text())
+    assert tuple(arm["arm"] for arm in plan["arms"]) == compare.METHODS
+    rows = {}
+    for arm in plan["arms"]:
+        (run_id,) = arm["runs"]
+        assert (out / run_id / "summary.json").is_file(), run_id
+        rows[arm["arm"]] = [json.loads(line) for line in (out / run_id / "metrics.jsonl").read_text().splitlines()]
+        assert [row["step"] for row in rows[arm["arm"]]] == [1, 2]
+    bapo_config = json.loads((out / plan["arms"][4]["runs"][0] / "config.json").read_text())
+    assert (bapo_config["optim"]["epochs"], bapo_config["optim"]["mini_batches"]) == (2, 4)
+    for row in rows["bapo"]:
+        if row["policy/loss"] is not None:
+            assert 0.8 - 1e-6 <= row["policy/bapo_clip_low"] <= 0.95 + 1e-6
+            assert 1.2 - 1e-6 <= row["policy/bapo_clip_high"] <= 2.0 + 1e-6
+    assert all(row["algo/nonzero_adv_frac"] > 0.5 for row in rows["ucas"] if "algo/nonzero_adv_frac" in row)
