@@ -190,6 +190,7 @@ def policy_loss(
         if algo.entropy_mask_normaliser == "kept":
             loss_mask_BT = kept_BT
             if algo.aggregation == "token_mean":  # the kept-token mean, weighted by the micro-batch's token share
+                # departs from the authors' verl code, which weights each micro-batch by its share of the rows
                 loss_scale = int(mask_BT.sum()) / max(int(kept_BT.sum()), 1)
 
     loss = aggregate(surrogate_BT, loss_mask_BT, algo.aggregation, norm) * loss_scale

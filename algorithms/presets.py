@@ -220,7 +220,8 @@ DAPO = Algorithm(
 )
 
 ALGORITHMS: dict[str, Algorithm] = {
-    # DeepSeekMath (2402.03300): group z-score, PPO clip 0.2, seq-mean-token-mean, k3 KL beta 0.04; dual clip 3 (verl)
+    # DeepSeekMath (2402.03300): group z-score, PPO clip 0.2, seq-mean-token-mean, k3 KL beta 0.04
+    # departs from the paper: dual clip 3, as verl's vanilla loss (and so the Miner authors' GRPO) runs it
     "grpo": Algorithm(),
     # Dr. GRPO (2503.20783): no std division, constant normaliser (num seqs x max new tokens), no KL, no dual clip
     "dr_grpo": Algorithm(advantage="group_center", aggregation="seq_mean_token_sum_norm", kl_coef=0.0, dual_clip=None),
@@ -238,11 +239,13 @@ ALGORITHMS: dict[str, Algorithm] = {
     # Cui et al. (2505.22617): detach a random 2e-4 of the tokens with 1 < Cov < 5; token-mean, no KL. Their launch
     # script sets clip_ratio_low = clip_ratio_high = 1 (ratio bounds [0, 2]: only the chosen tokens are cut) and
     # clip_ratio_c = 10, which verl's clip_cov loss never reads (no dual clip).
+    # departs from the authors' runs: their dynamic sampling (acc), +-1 rewards and 8 mini-batches per batch are
+    # not carried (Clip-Cov / KL-Cov are compared as loss changes on the shared setting)
     "clip_cov": Algorithm(
         cov_method="clip_cov", clip_low=1.0, clip_high=1.0, dual_clip=None, aggregation="token_mean", kl_coef=0.0
     ),
     # Cui et al. (2505.22617): |logp - old_logp| penalty (coef 1) on the top 2e-3 tokens by Cov; token-mean, no KL,
-    # no clip and no dual clip (verl's kl_cov loss)
+    # no clip and no dual clip (verl's kl_cov loss); departs from the authors' runs as clip_cov does
     "kl_cov": Algorithm(cov_method="kl_cov", dual_clip=None, aggregation="token_mean", kl_coef=0.0),
     # Wang et al. (2506.01939), "80/20": DAPO with policy gradient only on tokens at or above the 0.8 entropy
     # quantile, the surrogate averaged over those kept tokens (the authors' code; the paper's eq. divides by all)
@@ -250,6 +253,8 @@ ALGORITHMS: dict[str, Algorithm] = {
     # BAPO (2510.18927): ratio bounds searched per micro-batch, [0.8 -> 0.95] x [1.2 -> 2.0] in steps of 0.05 / 0.1,
     # until positive / negative contributions >= 0.5; dual clip 3, token-mean, no KL; 2 epochs x 4 mini-batches
     # (PRESET_OPTIM) as the run Miner compares against, bapo_0.8_0.95_1.2_2.0_target_0.5
+    # departs from the authors' script: its lr 1e-6, weight decay 0.1 and warm-up ratio 0.1 are optimiser settings
+    # (shared by a sweep), not part of the preset
     "bapo": Algorithm(clip_search="bapo", aggregation="token_mean", kl_coef=0.0),
     # UCAS (2510.10649) as Miner's comparison ran it (Miner's baselines/core_algos.py): self-certainty-weighted
     # group z-score minus 0.01 x the row-min-max of the sampled logits; Miner's loss settings (token-mean, KL 0.001)

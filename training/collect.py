@@ -77,6 +77,7 @@ def collect(
         part = StepBatch.from_rollout(out, problem_B, correct_B, rewards_B)
         batch = concat(all_gather_objects(part, info), pad_id)
         rounds.append(batch)
+        # departs from verl's DAPO recipe: at most rollout.max_extra_rounds refills (theirs: max_num_gen_batches)
         keep_P = group_filter(config.algorithm, batch.correct_B, batch.rewards_B, G)
         rows = [p * G + g for p in keep_P.nonzero().flatten().tolist() for g in range(G)]
         if rows:
