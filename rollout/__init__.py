@@ -5,9 +5,18 @@ share everything they can. Knows no algorithm and no grader: imports torch and t
 nothing of ours.
 """
 
-from rollout.load import load_engine
+from rollout.load import load_engine, resolve_model_path
 from rollout.transformers_engine import TransformersEngine
 from rollout.types import Engine, EngineKind, Rollout, SamplingParams
 from rollout.vllm_engine import VLLMEngine  # imports vllm only when an engine is built
 
-__all__ = ["Engine", "EngineKind", "Rollout", "SamplingParams", "TransformersEngine", "VLLMEngine", "load_engine"]
+__all__ = [
+    "Engine",
+    "EngineKind",
+    "Rollout",
+    "SamplingParams",
+    "TransformersEngine",
+    "VLLMEngine",
+    "load_engine",
+    "resolve_model_path",
+]

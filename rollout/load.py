@@ -1,5 +1,6 @@
-"""``load_engine``: an engine of either kind from a saved Hugging Face model folder."""
+"""``load_engine``: an engine of either kind from a Hugging Face model folder or Hub id (``resolve_model_path``)."""
 
+import re
 from pathlib import Path
 from typing import assert_never
 
@@ -9,6 +10,31 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from rollout.transformers_engine import TransformersEngine
 from rollout.types import Engine, EngineKind
 from rollout.vllm_engine import VLLMEngine
+
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
+# what an engine or trainer reads: config, tokenizer files, safetensors weights (not .bin / original/ duplicates)
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken"]
+
+
+def resolve_model_path(model: str | Path) -> Path:
+    """The local folder of ``model``: a folder is returned as it is; a Hub id (``org/name``) is the snapshot folder
+    ``huggingface_hub.snapshot_download`` returns (the local cache only when ``HF_HUB_OFFLINE=1``; weights as
+    safetensors). Anything else is a one-line ``ValueError`` naming ``model``. Touches nothing but the Hub cache."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    text = str(model)
+    if not HUB_ID.fullmatch(text) or text.startswith(".") or ".." in text:
+        raise ValueError(f"model {text!r}: folder not found, and not a Hugging Face Hub id (org/name)")
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(text, allow_patterns=HUB_PATTERNS, local_files_only=constants.HF_HUB_OFFLINE))
+    except (HFValidationError, HfHubHTTPError, LocalEntryNotFoundError, OSError) as error:
+        where = "in the local Hub cache (HF_HUB_OFFLINE=1)" if constants.HF_HUB_OFFLINE else "on the Hugging Face Hub"
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"model {text!r}: folder not found, and not found {where}: {reason}") from None
 
 
 def load_engine(
@@ -20,16 +46,18 @@ def load_engine(
     max_model_len: int | None = None,
     gpu_memory_utilization: float = 0.5,
     seed: int = 0,
+    tensor_parallel: int = 1,
+    sleep_mode: bool = False,
+    weight_sync_bucket_mb: float = 512,
 ) -> Engine:
-    """Load ``model_dir`` into a ``"transformers"`` or ``"vllm"`` engine.
+    """Load ``model_dir`` (a folder or Hub id, ``resolve_model_path``) into a ``"transformers"`` or ``"vllm"`` engine.
 
     ``device`` defaults to CUDA when available, else CPU; ``dtype`` to bfloat16 on CUDA and float32 on CPU.
-    ``max_batch_rows`` applies to the transformers engine; ``max_model_len``, ``gpu_memory_utilization`` and ``seed``
-    to vLLM (which runs eagerly on CPU, where CUDA graphs do not exist; ``max_model_len`` None is the model's
-    own context length).
+    ``max_batch_rows`` applies to the transformers engine; the rest to vLLM (which runs eagerly on CPU, where CUDA
+    graphs do not exist; ``max_model_len`` None is the model's own context length; ``sleep_mode`` takes effect on
+    CUDA only, see ``VLLMEngine``).
     """
-    if not Path(model_dir).is_dir():
-        raise ValueError(f"model directory not found: {model_dir}")
+    model_dir = resolve_model_path(model_dir)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
     match kind:
@@ -45,6 +73,9 @@ def load_engine(
                 gpu_memory_utilization=gpu_memory_utilization,
                 enforce_eager=device == "cpu",
                 seed=seed,
+                tensor_parallel=tensor_parallel,
+                sleep_mode=sleep_mode and device.startswith("cuda"),  # vLLM's sleep mode is CUDA-only
+                weight_sync_bucket_mb=weight_sync_bucket_mb,
             )
         case _:
             assert_never(kind)

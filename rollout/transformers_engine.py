@@ -170,6 +170,12 @@ class TransformersEngine:
         if model is not self.model:
             raise ValueError("TransformersEngine.sync_weights got a different module than the one it samples from")
 
+    def sleep(self) -> None:
+        """Nothing to free: the engine's weights are the trainer's, and its KV cache lives only inside a call."""
+
+    def close(self) -> None:
+        """Nothing to release."""
+
     def lean_weights(self, prompt_ids: list[list[int]], params: SamplingParams) -> LeanWeights | None:
         """The weights the lean step reads for this call, or None when the HF forward decodes it."""
         match self.step:

@@ -84,4 +84,8 @@ class Engine(Protocol):
 
     def generate(self, prompts: list[str], params: SamplingParams) -> Rollout: ...
 
-    def sync_weights(self, model: nn.Module) -> None: ...
+    def sync_weights(self, model: nn.Module) -> None: ...  # wakes a sleeping engine
+
+    def sleep(self) -> None: ...  # free device memory until the next sync_weights (vLLM sleep mode on CUDA)
+
+    def close(self) -> None: ...  # release the engine (before the process group is destroyed)

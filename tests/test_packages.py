@@ -40,7 +40,16 @@ PUBLIC = {
         "render_prompt",
         "resolve_benchmarks",
     ],
-    "rollout": ["Engine", "EngineKind", "Rollout", "SamplingParams", "TransformersEngine", "VLLMEngine", "load_engine"],
+    "rollout": [
+        "Engine",
+        "EngineKind",
+        "Rollout",
+        "SamplingParams",
+        "TransformersEngine",
+        "VLLMEngine",
+        "load_engine",
+        "resolve_model_path",
+    ],
     "training": [
         "PROFILES",
         "RunConfig",

@@ -1,13 +1,16 @@
 """One step's rollouts: generate, grade, shape rewards, filter groups, refill (dynamic sampling), count the cost.
 
-Every round draws the next P prompts of the data stream; rank r generates its P / world_size of them, grades
-them with the evaluation grader, and the rounds' rows are all-gathered so every rank holds the same batch. With a
+Every round draws the next P prompts of the data stream; rollout group g (``rollout.vllm_tensor_parallel``
+consecutive ranks sharing one tensor-parallel vLLM engine; one rank per group otherwise) generates its P / groups
+of them with one seed, each member grades its slice of the group's prompts with the evaluation grader, and the
+rounds' rows are all-gathered so every rank holds the same batch, every prompt once. With a
 group filter on (DAPO's dynamic sampling) rounds repeat until P informative groups are collected or
 ``rollout.max_extra_rounds`` extra rounds are spent. Everything generated and not trained on is counted as
 discarded: filtered groups, groups beyond P, and groups trimmed so the batch splits evenly over mini-batches and
 ranks.
 """
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -19,7 +22,7 @@ from rollout import SamplingParams
 from rollout.types import Engine
 from training.batch import StepBatch, concat, data_indices, derive_seed
 from training.config import RunConfig
-from training.distributed import DistInfo, all_gather_objects
+from training.distributed import DistInfo, all_gather_objects, rollout_group
 
 
 @dataclass(frozen=True)
@@ -45,36 +48,41 @@ def collect(
 ) -> Collected:
     """Generate until ``prompts_per_step`` groups pass the algorithm's group filter (or the round cap is hit)."""
     P, G = config.rollout.prompts_per_step, config.rollout.group_size
-    if P % info.world_size:
-        raise ValueError(f"rollout.prompts_per_step={P} must be divisible by the {info.world_size} ranks")
-    share = P // info.world_size
+    group = rollout_group(info, config.rollout.vllm_tensor_parallel)
+    if P % group.count:
+        raise ValueError(f"rollout.prompts_per_step={P} must be divisible by the {group.count} rollout groups")
+    share = P // group.count
+    mine = group.my_part(share)  # the group's prompts this rank grades and contributes
     rounds, kept, kept_groups = [], [], 0
     time_rollout = time_grade = 0.0
     for round_index in range(1 + config.rollout.max_extra_rounds):
         indices = data_indices(config.seed, data_position, P, len(problems))
         data_position += P
-        mine = indices[info.rank * share : (info.rank + 1) * share]
+        ours = indices[group.index * share : (group.index + 1) * share]
         params = SamplingParams(
             n=G,
             temperature=config.rollout.temperature,
             top_p=config.rollout.top_p,
             max_new_tokens=config.rollout.max_new_tokens,
-            seed=derive_seed(config.seed, step, round_index, info.rank),
+            seed=derive_seed(config.seed, step, round_index, group.index),
         )
         start = time.perf_counter()
-        out = engine.generate([prompts[i] for i in mine], params)
+        out = engine.generate([prompts[i] for i in ours], params)
         time_rollout += time.perf_counter() - start
         start = time.perf_counter()
-        problem_B = [i for i in mine for _ in range(G)]
+        rows = list(range(mine.start * G, mine.stop * G))
+        problem_B = [ours[row // G] for row in rows]
         grades = grade_many(
-            [(text, problems[i].answer) for text, i in zip(out.texts, problem_B, strict=True)],
+            [(out.texts[row], problems[i].answer) for row, i in zip(rows, problem_B, strict=True)],
             workers=config.rollout.grade_workers,
             timeout_s=config.rollout.grade_timeout_s,
         )
         correct_B = torch.tensor([g.correct for g in grades], dtype=torch.bool)
-        rewards_B = shape_rewards(config.algorithm, correct_B, out.lengths_B, config.rollout.max_new_tokens)
+        rewards_B = shape_rewards(config.algorithm, correct_B, out.lengths_B[rows], config.rollout.max_new_tokens)
         time_grade += time.perf_counter() - start
-        part = StepBatch.from_rollout(out, problem_B, correct_B, rewards_B)
+        unset_B = torch.zeros(len(out.texts))  # grades of the rows other members grade; select drops them
+        part = StepBatch.from_rollout(out, [ours[b // G] for b in range(len(out.texts))], unset_B.bool(), unset_B)
+        part = dataclasses.replace(part.select(rows), correct_B=correct_B, rewards_B=rewards_B)
         batch = concat(all_gather_objects(part, info), pad_id)
         rounds.append(batch)
         # departs from verl's DAPO recipe: at most rollout.max_extra_rounds refills (theirs: max_num_gen_batches)

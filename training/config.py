@@ -63,9 +63,18 @@ class RolloutConfig:
     max_extra_rounds: int = 4  # extra generation rounds allowed when group filtering leaves fewer than P groups
     grade_workers: int = 2
     grade_timeout_s: float = 5.0
-    vllm_gpu_memory_utilization: float = 0.5
+    vllm_gpu_memory_utilization: float = 0.5  # vLLM's share of each GPU (weights + KV cache); the rest trains
     vllm_max_model_len: int = 4096  # prompt + response tokens
-    vllm_tensor_parallel: int = 1  # ranks per vLLM engine (consecutive ranks; they get the same prompts)
+    # consecutive ranks per vLLM engine; they sample the same prompts (data parallel across the groups)
+    vllm_tensor_parallel: int = 1
+    vllm_sleep_mode: bool = True  # CUDA: free vLLM's memory during the update (a no-op on CPU)
+    weight_sync_bucket_mb: float = 512  # trainer -> vLLM weight sync: at most this much gathered at a time
+
+    @property
+    def ranks_per_engine(self) -> int:
+        """Consecutive ranks that share one rollout engine: ``vllm_tensor_parallel`` for vLLM; the transformers
+        engine is one per rank."""
+        return self.vllm_tensor_parallel if self.engine == "vllm" else 1
 
 
 @dataclass(frozen=True)
@@ -160,6 +169,7 @@ class RunConfig:
             "rollout.max_new_tokens": self.rollout.max_new_tokens,
             "rollout.temperature": self.rollout.temperature,
             "rollout.vllm_tensor_parallel": self.rollout.vllm_tensor_parallel,
+            "rollout.weight_sync_bucket_mb": self.rollout.weight_sync_bucket_mb,
             "optim.lr": self.optim.lr,
             "optim.epochs": self.optim.epochs,
             "optim.mini_batches": self.optim.mini_batches,
@@ -181,6 +191,10 @@ class RunConfig:
         for name, value in non_negative.items():
             if value < 0:
                 raise ValueError(f"{name}={value!r} must be >= 0")
+        if not 0.0 < self.rollout.vllm_gpu_memory_utilization < 1.0:
+            raise ValueError(
+                f"rollout.vllm_gpu_memory_utilization={self.rollout.vllm_gpu_memory_utilization!r} must be in (0, 1)"
+            )
         if not 0.0 < self.rollout.top_p <= 1.0:
             raise ValueError(f"rollout.top_p={self.rollout.top_p!r} must be in (0, 1]")
         e = self.eval

@@ -49,6 +49,36 @@ def init_distributed() -> DistInfo:
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
 
 
+@dataclass(frozen=True)
+class RolloutGroup:
+    """This rank's place among the rollout engines: ``count`` data-parallel groups of ``size`` consecutive ranks
+    (one tensor-parallel vLLM engine per group, fed the same prompts and seed); this rank is member ``member`` of
+    group ``index``. Without tensor parallelism every rank is its own group."""
+
+    index: int
+    count: int
+    member: int
+    size: int
+
+    def my_part(self, items: int) -> range:
+        """This member's contiguous part of ``items`` things the whole group holds (what it grades and shares):
+        the parts of the ``size`` members cover 0 .. items-1 once, in order."""
+        return range(self.member * items // self.size, (self.member + 1) * items // self.size)
+
+
+def rollout_group(info: DistInfo, tensor_parallel: int) -> RolloutGroup:
+    """Group g holds ranks g*k .. g*k+k-1 (k = ``tensor_parallel``), as vLLM's external launcher forms its tensor-
+    parallel groups from consecutive ranks."""
+    if tensor_parallel < 1 or info.world_size % tensor_parallel:
+        raise ValueError(f"rollout.vllm_tensor_parallel={tensor_parallel} must divide the {info.world_size} ranks")
+    return RolloutGroup(
+        index=info.rank // tensor_parallel,
+        count=info.world_size // tensor_parallel,
+        member=info.rank % tensor_parallel,
+        size=tensor_parallel,
+    )
+
+
 def shutdown(info: DistInfo) -> None:
     if info.world_size > 1 and dist.is_initialized():
         dist.destroy_process_group()

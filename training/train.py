@@ -31,7 +31,7 @@ from transformers.utils import logging as hf_logging
 
 from algorithms import advantages_with_metrics
 from evals import load_benchmark, render_prompt, resolve_benchmarks
-from rollout import Engine, TransformersEngine, load_engine
+from rollout import Engine, TransformersEngine, load_engine, resolve_model_path
 from training import runlog
 from training.checkpoint import (
     TrainerState,
@@ -48,6 +48,7 @@ from training.distributed import (
     full_state_dict,
     init_distributed,
     is_sharded,
+    rollout_group,
     shutdown,
     unwrap,
     wrap_frozen,
@@ -87,6 +88,14 @@ def _train(config: RunConfig, resume: str, meta: dict[str, Any], info: DistInfo)
     if config.cpu_threads is not None:
         torch.set_num_threads(config.cpu_threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
+    try:  # the launch must fit the config (checked before anything is written)
+        groups = rollout_group(info, config.rollout.vllm_tensor_parallel).count
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    if config.rollout.prompts_per_step % groups:
+        raise ConfigError(
+            f"rollout.prompts_per_step={config.rollout.prompts_per_step} must split over {groups} rollout groups"
+        )
     run_dir = Path(config.out_dir or Path("results") / "local" / config.run_id)
     if (run_dir / runlog.SUMMARY).exists():
         print(f"{run_dir} is finished (summary.json exists); nothing to do", file=sys.stderr)
@@ -102,7 +111,10 @@ def _train(config: RunConfig, resume: str, meta: dict[str, Any], info: DistInfo)
 
     # --- model, optimiser, reference, engine -------------------------------------------------------------------
     if config.model.path is not None:
-        model_dir = Path(config.model.path)
+        try:  # a folder, or a Hub id resolved to its snapshot folder (downloaded, or the cache when offline)
+            model_dir = resolve_model_path(config.model.path)
+        except ValueError as error:
+            raise ConfigError(f"model.path: {error}") from None
     else:  # the embedded default, built on first use and cached
         from training.tiny import ensure_tiny_model
 
@@ -197,6 +209,7 @@ def _train(config: RunConfig, resume: str, meta: dict[str, Any], info: DistInfo)
         times = {"time/rollout": collected.time_rollout, "time/grade": collected.time_grade}
         adv_BT = None
         if batch is not None:
+            engine.sleep()  # vLLM on CUDA frees its memory for the update; sync_weights wakes it
             start = time.perf_counter()
             reset_peak_memory(info.device)
             logp_model = unwrap(trainer) if not is_sharded(trainer) else trainer
@@ -279,6 +292,7 @@ def _train(config: RunConfig, resume: str, meta: dict[str, Any], info: DistInfo)
         runlog.write_json(run_dir / runlog.SUMMARY, summary)
     log.close()
     barrier(info)
+    engine.close()
     return run_dir
 
 
@@ -298,7 +312,10 @@ def _make_engine(config: RunConfig, model_dir: Path, model: torch.nn.Module, tok
         dtype=config.model.compute_dtype,
         max_model_len=config.rollout.vllm_max_model_len,
         gpu_memory_utilization=config.rollout.vllm_gpu_memory_utilization,
-        seed=config.seed,
+        seed=config.seed,  # one seed on every rank: a tensor-parallel group must sample alike
+        tensor_parallel=config.rollout.vllm_tensor_parallel,
+        sleep_mode=config.rollout.vllm_sleep_mode,
+        weight_sync_bucket_mb=config.rollout.weight_sync_bucket_mb,
     )
     engine.sync_weights(model)
     return engine
