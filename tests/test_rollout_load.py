@@ -143,3 +143,15 @@ def test_vllm_fields_are_checked(overrides: list[str], message: str):
         apply_overrides(RunConfig(), overrides)
     config = apply_overrides(RunConfig(), ["--rollout.engine=vllm", "--rollout.vllm_tensor_parallel=2"])
     assert config.rollout.vllm_tensor_parallel == 2 and config.rollout.vllm_sleep_mode
+
+
+def test_a_launch_that_does_not_fit_is_a_config_error(tmp_path: Path):
+    """Tensor parallel 2 on one process: a one-line error before the run folder is created."""
+    from training.train import ConfigError, train
+
+    config = apply_overrides(
+        tiny(), ["--rollout.engine=vllm", "--rollout.vllm_tensor_parallel=2", f"--out_dir={tmp_path / 'run'}"]
+    )
+    with pytest.raises(ConfigError, match="vllm_tensor_parallel=2 must divide the 1 ranks"):
+        train(config)
+    assert not (tmp_path / "run").exists()

@@ -68,7 +68,7 @@ class RolloutConfig:
     # consecutive ranks per vLLM engine; they sample the same prompts (data parallel across the groups)
     vllm_tensor_parallel: int = 1
     vllm_sleep_mode: bool = True  # CUDA: free vLLM's memory during the update (a no-op on CPU)
-    weight_sync_bucket_mb: float = 512  # trainer -> vLLM weight sync: at most this much gathered at a time
+    weight_sync_bucket_mb: float = 512.0  # trainer -> vLLM weight sync: at most this much gathered at a time
 
     @property
     def ranks_per_engine(self) -> int:

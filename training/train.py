@@ -92,6 +92,11 @@ def _train(config: RunConfig, resume: str, meta: dict[str, Any], info: DistInfo)
         groups = rollout_group(info, config.rollout.vllm_tensor_parallel).count
     except ValueError as error:
         raise ConfigError(str(error)) from None
+    if config.rollout.vllm_tensor_parallel > 1:  # lift once validation and the test run on every rank
+        raise ConfigError(
+            "rollout.vllm_tensor_parallel > 1 needs evaluation on every rank: rank 0 alone would wait forever on its "
+            "tensor-parallel peers (issue 13 item 5)"
+        )
     if config.rollout.prompts_per_step % groups:
         raise ConfigError(
             f"rollout.prompts_per_step={config.rollout.prompts_per_step} must split over {groups} rollout groups"
