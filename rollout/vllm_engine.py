@@ -59,8 +59,8 @@ def _cuda_hand_off(llm: Any, stage: HandOff) -> None:
 
 
 def _no_hand_off(llm: Any, stage: HandOff) -> None:
-    """The CPU twin of ``_cuda_hand_off``: vLLM has no sleep mode on CPU, and the KV cache is a fixed host buffer
-    (``VLLM_CPU_KVCACHE_SPACE``), so there is nothing to free or restore."""
+    """The CPU twin of ``_cuda_hand_off`` (also CUDA with sleep mode off): vLLM has no sleep mode on CPU, and its KV
+    cache there is a fixed host buffer (``VLLM_CPU_KVCACHE_SPACE``), so there is nothing to free or restore."""
 
 
 def weight_buckets(

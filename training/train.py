@@ -45,10 +45,10 @@ from training.config import PROFILES, RunConfig, apply_overrides, from_dict, to_
 from training.distributed import (
     DistInfo,
     barrier,
+    check_launch,
     full_state_dict,
     init_distributed,
     is_sharded,
-    rollout_group,
     shutdown,
     unwrap,
     wrap_frozen,
@@ -89,18 +89,9 @@ def _train(config: RunConfig, resume: str, meta: dict[str, Any], info: DistInfo)
         torch.set_num_threads(config.cpu_threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:  # the launch must fit the config (checked before anything is written)
-        groups = rollout_group(info, config.rollout.vllm_tensor_parallel).count
+        check_launch(info, config.rollout.vllm_tensor_parallel, config.rollout.prompts_per_step)
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    if config.rollout.vllm_tensor_parallel > 1:  # lift once validation and the test run on every rank
-        raise ConfigError(
-            "rollout.vllm_tensor_parallel > 1 needs evaluation on every rank: rank 0 alone would wait forever on its "
-            "tensor-parallel peers (issue 13 item 5)"
-        )
-    if config.rollout.prompts_per_step % groups:
-        raise ConfigError(
-            f"rollout.prompts_per_step={config.rollout.prompts_per_step} must split over {groups} rollout groups"
-        )
     run_dir = Path(config.out_dir or Path("results") / "local" / config.run_id)
     if (run_dir / runlog.SUMMARY).exists():
         print(f"{run_dir} is finished (summary.json exists); nothing to do", file=sys.stderr)
