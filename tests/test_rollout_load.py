@@ -133,7 +133,6 @@ def test_group_members_split_the_group_prompts_once():
     "overrides, message",
     [
         (["--rollout.vllm_tensor_parallel=0"], "rollout.vllm_tensor_parallel=0 must be > 0"),
-        (["--rollout.vllm_tensor_parallel=2"], "needs rollout.engine='vllm'"),
         (["--rollout.weight_sync_bucket_mb=0"], "rollout.weight_sync_bucket_mb=0.0 must be > 0"),
         (["--rollout.vllm_gpu_memory_utilization=1.0"], "must be in \\(0, 1\\)"),
     ],
@@ -142,7 +141,9 @@ def test_vllm_fields_are_checked(overrides: list[str], message: str):
     with pytest.raises(ValueError, match=message):
         apply_overrides(RunConfig(), overrides)
     config = apply_overrides(RunConfig(), ["--rollout.engine=vllm", "--rollout.vllm_tensor_parallel=2"])
-    assert config.rollout.vllm_tensor_parallel == 2 and config.rollout.vllm_sleep_mode
+    assert config.rollout.ranks_per_engine == 2 and config.rollout.vllm_sleep_mode
+    config = apply_overrides(config, ["--rollout.engine=transformers"])  # tensor parallelism is vLLM's
+    assert config.rollout.ranks_per_engine == 1
 
 
 def test_a_launch_that_does_not_fit_is_a_config_error(tmp_path: Path):

@@ -1,16 +1,13 @@
-"""Driven by tests/test_training_vllm.py under torchrun in the CPU vLLM venv: colocated vLLM engines, two checks.
+"""Driven by tests/test_training_vllm.py under torchrun in the CPU vLLM venv: the trainer with colocated vLLM engines.
 
-usage: python -m torch.distributed.run --standalone --nproc_per_node 2 tests/vllm_train_check.py MODE MODEL_DIR OUT_DIR
+usage: python -m torch.distributed.run --standalone --nproc_per_node 2 tests/vllm_train_check.py MODEL_DIR OUT_DIR TP
 
-1. MODE ``tp``: one tensor-parallel engine over both ranks (``tensor_parallel=2``) follows an FSDP2 module whose
-   weights were changed; both ranks sample fixed prompts and teacher-force the tokens through the module
-   (OUT_DIR/tp<r>.json).
-2. MODE ``train``: ``training.train.train`` for 3 steps (FSDP2, ``rollout.engine="vllm"``, one engine per rank, weight
-   sync buckets of 256 KiB). Every ``VLLMEngine.sync_weights`` is observed after the real one has run: this rank's
-   engine samples fixed prompts with a fixed seed, and the same tokens are teacher-forced through the module that
-   was synced (the trainer's FSDP2 module: a collective forward on every rank) and through the initial weights
-   (OUT_DIR/rank<r>.json).
-(Two torchrun launches: a second engine in a process whose first one was closed hangs in vLLM 0.32 CPU.)
+Runs ``training.train.train`` for 3 steps (FSDP2, ``rollout.engine="vllm"``, ``rollout.vllm_tensor_parallel=TP``:
+1 = one engine per rank, 2 = one engine over both ranks; weight-sync buckets of 256 KiB). Every
+``VLLMEngine.sync_weights`` is observed after the real one has run: this rank's engine samples fixed prompts with
+a fixed seed, and the same tokens are teacher-forced through the module that was synced (the trainer's FSDP2
+module: a collective forward on every rank) and through the initial weights. Each rank writes its observations to
+OUT_DIR/rank<r>.json.
 """
 
 import json
@@ -21,9 +18,10 @@ PROMPTS = ["12+34=", "7*8=", "100-1=", "The answer is "]
 BUCKET_MB = 0.25  # 256 KiB: above the largest tensor (128 x 384 float32 = 192 KiB), about 1/12 of the model
 
 
-def check_training(model_dir: str, out_dir: str) -> None:
+def check_training(model_dir: str, out_dir: str, tensor_parallel: int) -> None:
     import torch
     from transformers import AutoModelForCausalLM
+    from vllm.distributed import get_tensor_model_parallel_rank, get_tensor_model_parallel_world_size
 
     from rollout import SamplingParams
     from rollout.vllm_engine import VLLMEngine
@@ -55,6 +53,10 @@ def check_training(model_dir: str, out_dir: str) -> None:
                 "sharded": any(hasattr(p, "full_tensor") for p in model.parameters()),
                 "bucket_bytes": engine.last_sync_bucket_bytes,
                 "bucket_limit": engine.bucket_limit_bytes,
+                # (size, this rank's place) as vLLM's worker sees them
+                "tensor_parallel": engine.llm.collective_rpc(
+                    lambda worker: [get_tensor_model_parallel_world_size(), get_tensor_model_parallel_rank()]
+                )[0],
             }
         )
 
@@ -66,7 +68,7 @@ def check_training(model_dir: str, out_dir: str) -> None:
         "rollout.vllm_max_model_len": 512, "rollout.vllm_gpu_memory_utilization": 0.05,
         "rollout.weight_sync_bucket_mb": BUCKET_MB, "algorithm": "entropy_bonus", "algorithm.entropy_coef": 0.1,
         "optim.lr": 1e-3, "optim.warmup_steps": 0, "optim.micro_batch_size": 2, "dist.strategy": "fsdp2",
-        "logging.progress_bar": False,
+        "logging.progress_bar": False, "rollout.vllm_tensor_parallel": tensor_parallel,
     }  # fmt: skip
     config = apply_overrides(tiny(), [f"--{key}={value}" for key, value in settings.items()])
     train(config)
@@ -74,48 +76,7 @@ def check_training(model_dir: str, out_dir: str) -> None:
         json.dump(records, file)
 
 
-def check_tensor_parallel(model_dir: str, out_dir: str) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM
-    from vllm.distributed import get_tensor_model_parallel_rank, get_tensor_model_parallel_world_size
-
-    from rollout import SamplingParams, load_engine
-    from training.batch import sequence_logp
-    from training.distributed import init_distributed, wrap_model
-
-    info = init_distributed()
-    trainer = wrap_model(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), "fsdp2", info, "float32")
-    with torch.no_grad():  # a weight change the engine can only know from the sync
-        for parameter in trainer.parameters():
-            parameter.mul_(1.25)
-    engine = load_engine(
-        "vllm", model_dir, device="cpu", dtype="float32", max_model_len=128, gpu_memory_utilization=0.05,
-        tensor_parallel=2, weight_sync_bucket_mb=BUCKET_MB,
-    )  # fmt: skip
-    params = SamplingParams(n=2, temperature=1.0, max_new_tokens=12, seed=11)
-    engine.sleep()
-    engine.sync_weights(trainer)
-    rollout = engine.generate(PROMPTS, params)
-    prompt_ids_B = [ids for ids in rollout.prompt_ids for _ in range(params.n)]
-    with torch.no_grad():
-        trainer_BT = sequence_logp(trainer, prompt_ids_B, rollout.tokens_BT, rollout.mask_BT, 1.0, engine.pad_id,
-                                   torch.float32)[0]  # fmt: skip
-    tensor_parallel = engine.llm.collective_rpc(
-        lambda worker: [get_tensor_model_parallel_world_size(), get_tensor_model_parallel_rank()]
-    )[0]
-    record = {
-        "engine": rollout.logp_BT[rollout.mask_BT].tolist(),
-        "trainer": trainer_BT[rollout.mask_BT].tolist(),
-        "tokens": rollout.tokens_BT.tolist(),
-        "tensor_parallel": tensor_parallel,  # (size, this rank's place) as vLLM's worker sees them
-        "bucket_bytes": engine.last_sync_bucket_bytes,
-    }
-    engine.close()
-    with open(f"{out_dir}/tp{info.rank}.json", "w") as file:
-        json.dump(record, file)
-
-
 if __name__ == "__main__":  # the vLLM engine core may spawn processes that re-import this file
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    mode, model_arg, out_arg = sys.argv[1:4]
-    {"tp": check_tensor_parallel, "train": check_training}[mode](model_arg, out_arg)
+    model_arg, out_arg, tensor_parallel_arg = sys.argv[1:4]
+    check_training(model_arg, out_arg, int(tensor_parallel_arg))

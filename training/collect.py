@@ -1,6 +1,6 @@
 """One step's rollouts: generate, grade, shape rewards, filter groups, refill (dynamic sampling), count the cost.
 
-Every round draws the next P prompts of the data stream; rollout group g (``rollout.vllm_tensor_parallel``
+Every round draws the next P prompts of the data stream; rollout group g (``rollout.ranks_per_engine``
 consecutive ranks sharing one tensor-parallel vLLM engine; one rank per group otherwise) generates its P / groups
 of them with one seed, each member grades its slice of the group's prompts with the evaluation grader, and the
 rounds' rows are all-gathered so every rank holds the same batch, every prompt once. With a
@@ -48,7 +48,7 @@ def collect(
 ) -> Collected:
     """Generate until ``prompts_per_step`` groups pass the algorithm's group filter (or the round cap is hit)."""
     P, G = config.rollout.prompts_per_step, config.rollout.group_size
-    group = rollout_group(info, config.rollout.vllm_tensor_parallel)
+    group = rollout_group(info, config.rollout.ranks_per_engine)
     if P % group.count:
         raise ValueError(f"rollout.prompts_per_step={P} must be divisible by the {group.count} rollout groups")
     share = P // group.count

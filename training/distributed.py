@@ -79,14 +79,9 @@ def rollout_group(info: DistInfo, tensor_parallel: int) -> RolloutGroup:
     )
 
 
-def check_launch(info: DistInfo, tensor_parallel: int, prompts_per_step: int) -> None:
+def check_launch(info: DistInfo, ranks_per_engine: int, prompts_per_step: int) -> None:
     """A one-line ValueError when the torchrun launch does not fit the rollout config."""
-    groups = rollout_group(info, tensor_parallel).count
-    if tensor_parallel > 1:  # lift once validation and the test run on every rank
-        raise ValueError(
-            f"rollout.vllm_tensor_parallel={tensor_parallel} needs evaluation on every rank: rank 0 alone would "
-            "wait forever on its tensor-parallel peers (issue 13 item 5)"
-        )
+    groups = rollout_group(info, ranks_per_engine).count
     if prompts_per_step % groups:
         raise ValueError(f"rollout.prompts_per_step={prompts_per_step} must split over the {groups} rollout groups")
 

@@ -17,7 +17,7 @@ from evals.shard import Shard
 from rollout import Engine
 from training.batch import derive_seed
 from training.config import EvalConfig, RunConfig
-from training.distributed import DistInfo
+from training.distributed import DistInfo, rollout_group
 
 PACKAGES = ("torch", "transformers", "numpy", "math-verify", "tokenizers", "vllm", "rl-ablate")
 
@@ -80,12 +80,10 @@ def eval_sampling(eval_config: EvalConfig, split: str) -> dict[str, Any]:
 
 
 def eval_shard(config: RunConfig, info: DistInfo) -> Shard:
-    """This rank's evaluation group: one per rank, or one per vLLM tensor-parallel group of consecutive ranks
-    (rank // tp of world // tp), whose ranks must generate the same prompts."""
-    tp = config.rollout.vllm_tensor_parallel if config.rollout.engine == "vllm" else 1
-    if info.world_size % tp:
-        raise ValueError(f"rollout.vllm_tensor_parallel={tp} must divide the {info.world_size} ranks")
-    return Shard(info.rank // tp, info.world_size // tp)
+    """This rank's evaluation group: its rollout group (``training.distributed.rollout_group``), one per rank or one
+    per vLLM tensor-parallel group of consecutive ranks, whose ranks must generate the same prompts."""
+    group = rollout_group(info, config.rollout.ranks_per_engine)
+    return Shard(group.index, group.count)
 
 
 def select_score(rows: list[dict[str, Any]], eval_config: EvalConfig) -> float:

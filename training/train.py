@@ -89,7 +89,7 @@ def _train(config: RunConfig, resume: str, meta: dict[str, Any], info: DistInfo)
         torch.set_num_threads(config.cpu_threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:  # the launch must fit the config (checked before anything is written)
-        check_launch(info, config.rollout.vllm_tensor_parallel, config.rollout.prompts_per_step)
+        check_launch(info, config.rollout.ranks_per_engine, config.rollout.prompts_per_step)
     except ValueError as error:
         raise ConfigError(str(error)) from None
     run_dir = Path(config.out_dir or Path("results") / "local" / config.run_id)
