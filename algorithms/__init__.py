@@ -8,7 +8,7 @@ only; nothing of ours.
 
 from algorithms.advantages import advantages_with_metrics, compute_advantages
 from algorithms.aggregate import aggregate
-from algorithms.logprobs import token_logit_stats, token_logp_and_entropy
+from algorithms.logprobs import linear_token_logp_and_entropy, token_logit_stats, token_logp_and_entropy
 from algorithms.losses import policy_loss
 from algorithms.presets import ALGORITHMS, PRESET_OPTIM, Algorithm, get_algorithm
 from algorithms.rewards import group_filter, shape_rewards
@@ -27,6 +27,7 @@ __all__ = [
     "compute_advantages",
     "get_algorithm",
     "group_filter",
+    "linear_token_logp_and_entropy",
     "policy_loss",
     "shape_rewards",
     "token_logit_stats",

@@ -16,19 +16,32 @@ The ratio reported is ``extra / logits bytes``. Backward must produce the gradie
 the logits' size, so 1.0x is the floor for forward + backward; the goal is <= 1.25x. The naive version keeps
 log_softmax, softmax and their product alive for backward and allocates their gradients.
 
+The loss layer from the hidden states (``--linear``): ``linear_token_logp_and_entropy`` on N = 8,192 hidden
+states of width H = 256 and the V x H output weight, in chunks of 512 tokens, against the full-logits path
+(``h @ W.T`` then ``token_logp_and_entropy``, what ``sequence_logp`` does without ``model.logp_chunk_tokens``)
+measured in the same run at ``--peer-tokens`` (1,024: the full path at 8,192 tokens would need ~10 GB here; its
+ratio to its own logits is size-independent) and the chunked one again at that size. Inputs (hidden, weight) are
+not counted; the weight's gradient (V x H) is. These children fix glibc's mmap threshold
+(``MALLOC_MMAP_THRESHOLD_=131072``, as bench/bench_plan.py does) so that freed chunks leave the resident set.
+Ratio = extra peak / bytes of the full float32 N x V logits; the goal for the chunked path is <= 0.25x.
+
     python bench/bench_memory.py                  # B=1, T=2048, V=151936; writes bench/results/memory.json
     python bench/bench_memory.py --batch 2        # needs ~2x the memory (naive peaks near 6x the 2.5 GB logits)
+    python bench/bench_memory.py --linear         # N=8192 (peer 1024), H=256, chunks of 512: memory_linear.json
 """
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results" / "memory.json"
+RESULTS_LINEAR = Path(__file__).resolve().parent / "results" / "memory_linear.json"
 VARIANTS = ("naive", "chunked", "chunked_no_grad")
+LINEAR_VARIANTS = ("linear_full", "linear_chunked")
 
 
 def _status_mb(key: str) -> float:
@@ -99,18 +112,119 @@ def child(variant: str, batch: int, seq_len: int, vocab: int) -> dict:
     }
 
 
+def linear_child(variant: str, tokens: int, hidden: int, vocab: int, chunk: int) -> dict:
+    """One loss-layer measurement from hidden states in this (fresh) process."""
+    import torch
+
+    from algorithms import (
+        Normalizers,
+        get_algorithm,
+        linear_token_logp_and_entropy,
+        policy_loss,
+        token_logp_and_entropy,
+    )
+
+    torch.set_num_threads(1)
+
+    def inputs(N: int, H: int, V: int) -> tuple:
+        generator = torch.Generator().manual_seed(0)
+        hidden_NH = torch.randn(N, H, generator=generator).requires_grad_(True)
+        weight_VH = (torch.randn(V, H, generator=generator) / H**0.5).requires_grad_(True)
+        tokens_N = torch.randint(0, V, (N,), generator=generator)
+        old_logp_N = -torch.rand(N, generator=generator) * 12
+        adv_N = torch.randn(N, generator=generator)
+        return hidden_NH, weight_VH, tokens_N, old_logp_N, adv_N
+
+    def run(hidden_NH, weight_VH, tokens_N, old_logp_N, adv_N):
+        algo = get_algorithm("grpo", entropy_coef=1e-3)
+        mask_1N = torch.ones(1, tokens_N.shape[0], dtype=torch.bool)
+        norm = Normalizers.count(mask_1N, max_len=tokens_N.shape[0])
+        if variant == "linear_chunked":
+            logp_N, entropy_N, _lse_N = linear_token_logp_and_entropy(hidden_NH, weight_VH, tokens_N, 0.7, chunk)
+            logp_1N, entropy_1N = logp_N[None], entropy_N[None]
+        else:  # the full N x V logits, then the chunked log-softmax of algorithms.logprobs
+            logp_1N, entropy_1N = token_logp_and_entropy((hidden_NH @ weight_VH.T)[None], tokens_N[None], 0.7)
+        old_1N, adv_1N = old_logp_N[None], adv_N[None]
+        loss = policy_loss(algo, logp_1N, old_1N, adv_1N, mask_1N, norm, old_1N - 0.01, entropy_1N).loss
+        loss.backward()
+        return loss
+
+    run(*inputs(4, 8, 16))  # warm-up
+    tensors = inputs(tokens, hidden, vocab)
+    rss_before = _status_mb("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")
+    start = time.perf_counter()
+    loss = run(*tensors)
+    seconds = time.perf_counter() - start
+    peak = _status_mb("VmHWM")
+    logits_mb = tokens * vocab * 4 / 2**20
+    return {
+        "variant": variant,
+        "N": tokens,
+        "H": hidden,
+        "V": vocab,
+        "chunk": chunk if variant == "linear_chunked" else None,
+        "logits_mb": round(logits_mb, 1),
+        "extra_peak_mb": round(peak - rss_before, 1),
+        "ratio": round((peak - rss_before) / logits_mb, 3),
+        "seconds": round(seconds, 2),
+        "loss": float(loss),
+        "grad_hidden_abs_sum": float(tensors[0].grad.abs().sum()),
+        "grad_weight_abs_sum": float(tensors[1].grad.abs().sum()),
+    }
+
+
+def linear_main(args: argparse.Namespace, repo: Path) -> None:
+    """The --linear comparison: chunked at --tokens and at --peer-tokens, full logits at --peer-tokens."""
+    rows = []
+    cases = [("linear_chunked", args.tokens), ("linear_chunked", args.peer_tokens), ("linear_full", args.peer_tokens)]
+    for variant, tokens in cases:
+        command = [sys.executable, __file__, "--child", variant, "--tokens", str(tokens), "--hidden", str(args.hidden)]
+        command += ["--vocab", str(args.vocab), "--chunk", str(args.chunk)]
+        env = os.environ | {"MALLOC_MMAP_THRESHOLD_": "131072"}
+        done = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            sys.exit(f"{variant} failed:\n{done.stderr}")
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    print(f"loss layer from hidden states: H={args.hidden} V={args.vocab}, chunks of {args.chunk} tokens")
+    print(f"{'variant':<16} {'N':>6} {'logits MB':>10} {'extra peak MB':>14} {'x logits':>9} {'seconds':>8}")
+    for row in rows:
+        numbers = f"{row['N']:>6} {row['logits_mb']:>10.0f} {row['extra_peak_mb']:>14.0f} {row['ratio']:>9.3f}"
+        print(f"{row['variant']:<16} {numbers} {row['seconds']:>8.1f}")
+    big, small, full = rows
+    same = abs(small["grad_weight_abs_sum"] / full["grad_weight_abs_sum"] - 1) < 1e-4
+    print(f"at N={args.peer_tokens}: chunked / full extra peak {small['extra_peak_mb'] / full['extra_peak_mb']:.3f}; "
+          f"same loss and gradient sums: {same}")  # fmt: skip
+    print(f"goal chunked <= 0.25x the full logits at N={args.tokens}: "
+          f"{'met' if big['ratio'] <= 0.25 else 'NOT met'} ({big['ratio']:.3f}x)")  # fmt: skip
+    RESULTS_LINEAR.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS_LINEAR.write_text(json.dumps({"command": " ".join(sys.argv), "rows": rows}, indent=2) + "\n")
+    print(f"wrote {RESULTS_LINEAR.relative_to(repo)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--seq-len", type=int, default=2048)
     parser.add_argument("--vocab", type=int, default=151_936)
-    parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--linear", action="store_true", help="the loss layer from hidden states (see above)")
+    parser.add_argument("--tokens", type=int, default=8192)
+    parser.add_argument("--peer-tokens", type=int, default=1024)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--chunk", type=int, default=512)
+    parser.add_argument("--child", choices=VARIANTS + LINEAR_VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child in LINEAR_VARIANTS:
+        print(json.dumps(linear_child(args.child, args.tokens, args.hidden, args.vocab, args.chunk)))
+        return
     if args.child:
         print(json.dumps(child(args.child, args.batch, args.seq_len, args.vocab)))
         return
 
     repo = Path(__file__).resolve().parents[1]
+    if args.linear:
+        linear_main(args, repo)
+        return
     rows = []
     for variant in VARIANTS:
         command = [sys.executable, __file__, "--child", variant, "--batch", str(args.batch)]

@@ -25,14 +25,16 @@ from rollout import SamplingParams, TransformersEngine  # noqa: E402
 from training import runlog  # noqa: E402
 from training.batch import StepBatch  # noqa: E402
 from training.checkpoint import latest_checkpoint  # noqa: E402
-from training.config import DistConfig, OptimConfig, RolloutConfig, tiny, with_algorithm  # noqa: E402
+from training.config import DistConfig, ModelConfig, OptimConfig, RolloutConfig, tiny, with_algorithm  # noqa: E402
 from training.distributed import full_state_dict, init_distributed, shutdown, unwrap, wrap_model  # noqa: E402
 from training.tiny import random_tiny_model  # noqa: E402
 from training.update import batch_logps, update_policy  # noqa: E402
 
 
-def one_update(strategy: str, model_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """Sample a batch (identically on every rank), then one step of 2 mini-batches x micro-batches of 2 rows."""
+def one_update(strategy: str, model_dir: Path, scale: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """Sample a batch (identically on every rank), then one step of 2 mini-batches x micro-batches of 2 rows; with
+    ``scale``, the paper-scale memory mechanisms instead: gradient checkpointing, log-probs in chunks of 3 tokens,
+    micro-batches under a 26-token budget (1 or 2 rows: ranks may pack differently and still run as many)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.set_num_threads(1)
@@ -41,7 +43,8 @@ def one_update(strategy: str, model_dir: Path) -> tuple[dict[str, torch.Tensor],
     config = dataclasses.replace(
         with_algorithm(tiny(), "grpo", kl_coef=0.0),
         rollout=RolloutConfig(prompts_per_step=P, group_size=G, max_new_tokens=10),
-        optim=OptimConfig(micro_batch_size=2, mini_batches=2),
+        optim=OptimConfig(micro_batch_size=2, mini_batches=2, max_tokens_per_micro_batch=26 if scale else None),
+        model=ModelConfig(gradient_checkpointing=scale, logp_chunk_tokens=3 if scale else None),
         dist=DistConfig(strategy=strategy),
     )
     tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
@@ -52,6 +55,8 @@ def one_update(strategy: str, model_dir: Path) -> tuple[dict[str, torch.Tensor],
     # the second group is all correct: its rows get a forward only (zero advantage), 1-3 per mini-batch and rank
     correct_B = torch.tensor([True, False, False, True, True, True, True, True])
     batch = StepBatch.from_rollout(out, [p for p in range(P) for _ in range(G)], correct_B, correct_B.float())
+    if scale:
+        model.activation_checkpointing_enable()
     trainer = wrap_model(model, strategy, info, "float32")
     old_logp_BT, entropy_BT = batch_logps(trainer if strategy == "fsdp2" else unwrap(trainer), batch, config, info, 0)
     old_logp_BT = old_logp_BT - 0.05 * batch.mask_BT  # ratios away from 1, so clipping takes part
@@ -116,6 +121,20 @@ def test_two_ranks_equal_one_rank(strategy: str, model_dir: Path, tmp_path: Path
 
 
 @pytest.mark.slow
+def test_two_fsdp2_ranks_with_the_memory_mechanisms_equal_one_plain_rank(model_dir: Path, tmp_path: Path):
+    """Gradient checkpointing, chunked log-probs and token-budget micro-batches on 2 FSDP2 ranks give the weights of
+    one rank with fixed 2-row micro-batches and full logits."""
+    want_weights, want_metrics = one_update("fsdp2", model_dir)
+    out = torchrun([__file__, "fsdp2+scale", str(model_dir), str(tmp_path / "two.pt")], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = torch.load(tmp_path / "two.pt", weights_only=False)
+    for name, value in want_weights.items():
+        torch.testing.assert_close(got["weights"][name], value, atol=1e-6, rtol=0, msg=name)
+    for key in ("policy/loss", "policy/clip_frac_high", "optim/grad_norm", "entropy_sum"):
+        assert got["metrics"][key] == pytest.approx(want_metrics[key], abs=1e-5), key
+
+
+@pytest.mark.slow
 def test_two_rank_fsdp2_cli_run_resumes_exactly(model_dir: Path, tmp_path: Path):
     """Two FSDP2 steps on two ranks write the run files; redoing step 2 from step 1's checkpoint (full HF model plus
     one optimiser shard per rank) gives bit-identical weights and the same metrics. (DDP checkpoints like 1 rank.)"""
@@ -155,6 +174,7 @@ def test_two_rank_fsdp2_cli_run_resumes_exactly(model_dir: Path, tmp_path: Path)
 
 if __name__ == "__main__":
     strategy_arg, model_arg, out_arg = sys.argv[1:4]
-    result_weights, result_metrics = one_update(strategy_arg, Path(model_arg))
+    strategy_name, _, scale_arg = strategy_arg.partition("+")
+    result_weights, result_metrics = one_update(strategy_name, Path(model_arg), scale=scale_arg == "scale")
     if int(os.environ.get("RANK", "0")) == 0:
         torch.save({"weights": result_weights, "metrics": result_metrics}, out_arg)

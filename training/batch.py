@@ -4,14 +4,17 @@ Dimension key: P prompts, G samples per prompt, B = P*G rows (prompt p's group i
 T response tokens, V vocabulary.
 """
 
+import contextlib
 import functools
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
-from algorithms import LogitStats, token_logit_stats, token_logp_and_entropy
+from algorithms import LogitStats, linear_token_logp_and_entropy, token_logit_stats, token_logp_and_entropy
 from rollout import Rollout
 
 
@@ -135,12 +138,17 @@ def sequence_logp(
     pad_id: int,
     compute_dtype: torch.dtype,
     logit_stats: bool = False,
+    chunk_tokens: int | None = None,
 ) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, LogitStats]:
     """(logp_BT, entropy_BT) of the response tokens under ``model`` at the sampling temperature; zero beyond the mask.
     With ``logit_stats`` (no-grad use: UCAS's old policy) also their ``LogitStats``, read from the same logits.
 
     Rows are laid out as the engine generated them: the prompt left-padded, the response after it, position ids
-    counted from each row's first real token (as ``generate`` does), so left padding changes nothing."""
+    counted from each row's first real token (as ``generate`` does), so left padding changes nothing.
+
+    ``chunk_tokens`` None builds the B x T x V logits (the lm_head as it is); a number computes logp, entropy (and
+    the logit stats) from the last hidden states in chunks of that many tokens, the logits never held whole
+    (``algorithms.linear_token_logp_and_entropy``, ``model.logp_chunk_tokens``)."""
     B, T = tokens_BT.shape
     assert mask_BT.shape == (B, T) and len(prompt_ids_B) == B
     device = next(model.parameters()).device
@@ -154,23 +162,65 @@ def sequence_logp(
     input_ids[:, prompt_len:] = tokens_BT[:, :width]
     attention[:, prompt_len:] = mask_BT[:, :width].long()
     position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
-    with torch.autocast(device.type, dtype=compute_dtype, enabled=compute_dtype != torch.float32):
-        # logits at positions prompt_len-1 .. prompt_len+width-2 predict the response tokens
-        logits = model(
+    tokens = tokens_BT[:, :width].to(device)
+    head = _sampled_token_head(model, tokens, temperature, chunk_tokens, compute_dtype)
+    with head, torch.autocast(device.type, dtype=compute_dtype, enabled=compute_dtype != torch.float32):
+        # outputs at positions prompt_len-1 .. prompt_len+width-2 predict the response tokens
+        out = model(
             input_ids=input_ids.to(device),
             attention_mask=attention.to(device),
             position_ids=position_ids.to(device),
             logits_to_keep=width + 1,
             use_cache=False,
-        ).logits[:, :-1]
-    # the logits as they are: token_logp_and_entropy upcasts one chunk at a time (no float32 copy of a bf16 B x T x V)
-    logp_BT, entropy_BT = token_logp_and_entropy(logits, tokens_BT[:, :width].to(device), temperature)
+        ).logits
+    if chunk_tokens is None:
+        logits = out[:, :-1]
+        # the logits as they are: token_logp_and_entropy upcasts one chunk at a time (no float32 B x T x V copy)
+        logp_BT, entropy_BT = token_logp_and_entropy(logits, tokens, temperature)
+        stats = token_logit_stats(logits.detach(), tokens, temperature) if logit_stats else None
+    else:  # the head already returned (logp, entropy, logit, certainty) per position
+        logp_BT, entropy_BT = out[..., 0], out[..., 1]
+        stats = LogitStats(logit_BT=out[..., 2].detach(), certainty_BT=out[..., 3].detach())
     mask = mask_BT[:, :width].to(device)
     logp_BT, entropy_BT = logp_BT.masked_fill(~mask, 0.0), entropy_BT.masked_fill(~mask, 0.0)
     if logit_stats:
-        stats = token_logit_stats(logits.detach(), tokens_BT[:, :width].to(device), temperature)
         stats = LogitStats(
             *(pad_columns(x_BT.masked_fill(~mask, 0.0), T) for x_BT in (stats.logit_BT, stats.certainty_BT))
         )
         return pad_columns(logp_BT, T), pad_columns(entropy_BT, T), stats
     return pad_columns(logp_BT, T), pad_columns(entropy_BT, T)
+
+
+@contextlib.contextmanager
+def _sampled_token_head(
+    model: nn.Module, tokens_BT: Tensor, temperature: float, chunk_tokens: int | None, compute_dtype: torch.dtype
+) -> Iterator[None]:
+    """For one forward, the model's lm_head returns (logp, entropy, logit, certainty) of ``tokens_BT`` (B x T x 4,
+    float32; the last two are ``LogitStats``, no gradient) from the hidden states it is given (B x (T+1) x H, the
+    last position dropped) instead of its logits.
+
+    The head stays inside the model's own forward, so wrappers see it as before: DDP's reducer and FSDP2's root
+    group (whose unsharded lm_head weight exists only during the forward and is gathered again for the backward,
+    when autograd reaches the root's outputs) treat its weight like any other. ``chunk_tokens`` None: a no-op."""
+    if chunk_tokens is None:
+        yield
+        return
+    inner = model.module if isinstance(model, DistributedDataParallel) else model
+    head = inner.get_output_embeddings()
+    assert isinstance(head, nn.Linear) and head.bias is None, f"cannot chunk the output layer {head!r}"
+
+    def forward(hidden_BSH: Tensor) -> Tensor:
+        B, S, H = hidden_BSH.shape
+        T = S - 1
+        assert tokens_BT.shape == (B, T), f"{tuple(tokens_BT.shape)} tokens for hidden states {(B, S, H)}"
+        weight_VH = head.weight if compute_dtype == torch.float32 else head.weight.to(compute_dtype)
+        logp_BT, entropy_BT, stats = linear_token_logp_and_entropy(
+            hidden_BSH[:, :-1], weight_VH, tokens_BT, temperature, chunk_tokens
+        )
+        return torch.stack([logp_BT, entropy_BT, stats.logit_BT, stats.certainty_BT], dim=-1)
+
+    head.forward = forward  # an instance attribute: nn.Module.__call__ (and its hooks) dispatch to it
+    try:
+        yield
+    finally:
+        del head.forward

@@ -32,7 +32,9 @@ class ModelConfig:
     )
     compute_dtype: DType = "float32"  # parameters and optimiser state stay float32; this is the matmul dtype
     attention: Attention = "sdpa"  # the trainer's attention kernel (transformers' attn_implementation)
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = False  # recompute each decoder layer in the backward (the update runs in train mode)
+    logp_chunk_tokens: int | None = None  # None: full logits; n: logp/entropy from hidden states, n tokens at a time
+    skip_capacity_check: bool = False  # start on GPU even when training.plan predicts it does not fit
 
     @property
     def prompt_template(self) -> str:
@@ -92,7 +94,8 @@ class OptimConfig:
     grad_clip: float = 1.0  # max global gradient norm; 0 = no clipping
     epochs: int = 1  # passes over each step's batch (PPO epochs)
     mini_batches: int = 1  # optimiser steps per epoch
-    micro_batch_size: int = 32  # rows per forward/backward on one rank
+    micro_batch_size: int = 32  # rows per forward/backward on one rank (when max_tokens_per_micro_batch is None)
+    max_tokens_per_micro_batch: int | None = None  # verl's dynamic batch size: rows x padded width <= this budget
     skip_zero_advantage_backward: bool = True  # rows with A = 0 on every token: forward only, when that is exact
 
 
@@ -176,6 +179,11 @@ class RunConfig:
             "optim.micro_batch_size": self.optim.micro_batch_size,
             "logging.keep_last": self.logging.keep_last,
         }
+        optional_positive = {
+            "model.logp_chunk_tokens": self.model.logp_chunk_tokens,
+            "optim.max_tokens_per_micro_batch": self.optim.max_tokens_per_micro_batch,
+        }
+        positive |= {name: value for name, value in optional_positive.items() if value is not None}
         for name, value in positive.items():
             if not value > 0:
                 raise ValueError(f"{name}={value!r} must be > 0")
@@ -239,7 +247,11 @@ def paper() -> RunConfig:
     protocols (n 128 or 16, T 0.6, top-p 0.95); vLLM at 0.6 of the GPU, tensor parallel 2."""
     return RunConfig(
         model=ModelConfig(
-            path="Qwen/Qwen3-4B-Base", template="miner_base", compute_dtype="bfloat16", gradient_checkpointing=True
+            path="Qwen/Qwen3-4B-Base",
+            template="miner_base",
+            compute_dtype="bfloat16",
+            gradient_checkpointing=True,
+            logp_chunk_tokens=1024,  # the 151,936-wide logits never whole (training.plan: 4B fits 8 x 80 GB)
         ),
         data=DataConfig(train="deepscaler"),
         rollout=RolloutConfig(
@@ -267,6 +279,8 @@ def paper() -> RunConfig:
             epochs=1,
             mini_batches=1,
             micro_batch_size=4,
+            # use_dynamic_bsz with verl's default ppo_max_token_len_per_gpu, as Miner's scripts/train.sh runs it
+            max_tokens_per_micro_batch=16384,
         ),
         eval=EvalConfig(
             dev="aime24",

@@ -56,6 +56,7 @@ from training.distributed import (
 )
 from training.evaluation import evaluate_rows, run_meta, select_score
 from training.memory import peak_memory_gib, reset_peak_memory
+from training.plan import CapacityError, check_capacity
 from training.update import TrainingDiverged, batch_logps, lr_factor, old_policy_forward_needed, update_policy
 
 
@@ -117,9 +118,11 @@ def _train(config: RunConfig, resume: str, meta: dict[str, Any], info: DistInfo)
         model_dir = ensure_tiny_model()
     tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if info.device.type == "cuda":  # refuse a run predicted not to fit before loading anything on the GPU
+        check_capacity(config, info.world_size, torch.cuda.get_device_properties(info.device).total_memory / 2**30)
     policy = _load_model(checkpoint or model_dir, info, config.model.attention)
-    if config.model.gradient_checkpointing:
-        policy.gradient_checkpointing_enable()
+    if config.model.gradient_checkpointing:  # takes effect in train mode only: the update switches it (update.py)
+        policy.activation_checkpointing_enable()
     trainer = wrap_model(policy, config.dist.strategy, info, config.model.compute_dtype)
     optim = config.optim
     optimizer = torch.optim.AdamW(
@@ -402,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as error:
         print(f"error: training diverged: {error}", file=sys.stderr)
         return 1
-    except ConfigError as error:
+    except (ConfigError, CapacityError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

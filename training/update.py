@@ -6,8 +6,10 @@ every micro-batch on every rank, so the micro-batch losses are shares that sum t
 micro-batch size or world size; each rank then trains on its share of the mini-batch's rows.
 """
 
+import contextlib
 import math
 from collections import defaultdict
+from collections.abc import Iterator
 from typing import assert_never
 
 import torch
@@ -39,6 +41,54 @@ def rank_share(rows: list[int], info: DistInfo) -> list[int]:
 
 def micro_batches(rows: list[int], size: int) -> list[list[int]]:
     return [rows[start : start + size] for start in range(0, len(rows), size)]
+
+
+def padded_tokens(rows: list[int], batch: StepBatch) -> int:
+    """Positions ``sequence_logp`` runs for these rows together: rows x (longest prompt + longest response)."""
+    if not rows:
+        return 0
+    prompt = max(len(batch.prompt_ids_B[r]) for r in rows)
+    response = max(max(int(batch.lengths_B[r]) for r in rows), 1)
+    return len(rows) * (prompt + response)
+
+
+def token_budget_micro_batches(rows: list[int], batch: StepBatch, max_tokens: int) -> list[list[int]]:
+    """``rows`` cut, in order, into consecutive micro-batches of at most ``max_tokens`` padded positions each
+    (``padded_tokens``; verl's dynamic batch size). A row longer than the budget on its own is a micro-batch alone.
+    After ``longest_first`` the first row of each micro-batch sets its width, so short rows travel many at a time."""
+    out: list[list[int]] = []
+    for row in rows:
+        if out and padded_tokens(out[-1] + [row], batch) <= max_tokens:
+            out[-1].append(row)
+        else:
+            out.append([row])
+    return out
+
+
+def split_to_count(micro: list[list[int]], count: int, batch: StepBatch) -> list[list[int]]:
+    """``micro`` with its largest micro-batches (most padded positions, at least two rows) halved until there are
+    ``count`` of them; halves keep the row order and stay within any token budget the whole one met."""
+    micro = [list(m) for m in micro]
+    while len(micro) < count:
+        splittable = [i for i, m in enumerate(micro) if len(m) > 1]
+        assert splittable, f"cannot split {len(micro)} micro-batches of single rows into {count}"
+        i = max(splittable, key=lambda i: padded_tokens(micro[i], batch))
+        half = (len(micro[i]) + 1) // 2
+        micro[i : i + 1] = [micro[i][:half], micro[i][half:]]
+    return micro
+
+
+def plan_micro_batches(rows: list[int], batch: StepBatch, config: RunConfig, info: DistInfo) -> list[list[int]]:
+    """This rank's ``rows`` (already in their order) as micro-batches: ``optim.micro_batch_size`` rows each, or
+    packed under the token budget ``optim.max_tokens_per_micro_batch``. Every rank gets the same number of them
+    (the most any rank needs; the others halve their largest ones): under FSDP2 each forward and backward is a
+    collective, so ranks must run as many. All ranks must call this together when a budget is set."""
+    budget = config.optim.max_tokens_per_micro_batch
+    if budget is None:  # equal row shares give every rank the same count
+        return micro_batches(rows, config.optim.micro_batch_size)
+    packed = token_budget_micro_batches(rows, batch, budget)
+    count = max(all_gather_objects(len(packed), info))
+    return split_to_count(packed, count, batch)
 
 
 def longest_first(rows: list[int], batch: StepBatch) -> list[int]:
@@ -103,11 +153,12 @@ def batch_logps(
     rows = rank_share(list(range(B)), info)
     order = longest_first(rows, batch)  # rows are independent here: any grouping gives the same values (to rounding)
     parts = []
-    for micro in micro_batches(order, config.optim.micro_batch_size):
+    for micro in plan_micro_batches(order, batch, config, info):
         sub = batch.select(micro)
         out = sequence_logp(
-            model, sub.prompt_ids_B, sub.tokens_BT, sub.mask_BT, config.rollout.temperature, pad_id, dtype, logit_stats
-        )
+            model, sub.prompt_ids_B, sub.tokens_BT, sub.mask_BT, config.rollout.temperature, pad_id, dtype, logit_stats,
+            chunk_tokens=config.model.logp_chunk_tokens,
+        )  # fmt: skip
         tensors = out[:2] if not logit_stats else (*out[:2], out[2].logit_BT, out[2].certainty_BT)
         parts.append(tuple(pad_columns(x_BT.cpu(), T) for x_BT in tensors))
     back = torch.tensor(order).argsort()  # back to this rank's row order
@@ -144,74 +195,91 @@ def update_policy(
     dtype = getattr(torch, config.model.compute_dtype)
     totals: dict[str, float] = defaultdict(float)
     lr = scheduler.get_last_lr()[0]
-    for epoch in range(epochs):
-        if epochs * mini_batches > 1:  # same seeded shuffle on every rank
-            generator = torch.Generator().manual_seed(derive_seed(config.seed, step, "shuffle", epoch))
-            order = torch.randperm(B, generator=generator).tolist()
-        else:
-            order = list(range(B))
-        for mini in range(mini_batches):
-            rows = order[mini * rows_per_mini_batch : (mini + 1) * rows_per_mini_batch]
-            norm = Normalizers.count(batch.mask_BT[rows], config.rollout.max_new_tokens)
-            generator = torch.Generator().manual_seed(derive_seed(config.seed, step, epoch, mini, info.rank))
-            backward_rows, forward_rows = (
-                split_by_advantage(rows, adv_BT, batch.mask_BT, info.world_size)
-                if zero_advantage_rows_skip_backward(config)
-                else (rows, [])
-            )
-            parts = []
-            for share, backward in ((backward_rows, True), (forward_rows, False)):
-                mine = rank_share(share, info)
-                mine = longest_first(mine, batch) if micro_batch_invariant(config) else mine
-                parts += [(micro, backward) for micro in micro_batches(mine, config.optim.micro_batch_size)]
-            last_backward = sum(backward for _, backward in parts) - 1
-            sums: dict[str, float] = defaultdict(float)
-            for index, (micro, backward) in enumerate(parts):
-                sub = batch.select(micro)
-                width = sub.tokens_BT.shape[1]
-                sync = gradient_sync(trainer, enabled=index == last_backward)
-                with sync, torch.set_grad_enabled(backward):
-                    logp_BT, entropy_BT = sequence_logp(
-                        trainer, sub.prompt_ids_B, sub.tokens_BT, sub.mask_BT, config.rollout.temperature, pad_id, dtype
-                    )
-                    device = logp_BT.device
-                    old_BT = logp_BT.detach() if old_logp_BT is None else old_logp_BT[micro, :width].to(device)
-                    out = policy_loss(
-                        config.algorithm,
-                        logp_BT,
-                        old_BT,
-                        adv_BT[micro, :width].to(device),
-                        sub.mask_BT.to(device),
-                        norm,
-                        ref_logp_BT=None if ref_logp_BT is None else ref_logp_BT[micro, :width].to(device),
-                        entropy_BT=entropy_BT,
-                        generator=generator,
-                        reduce=lambda sums: all_reduce_sum(sums, info),  # BAPO: bounds chosen alike on every rank
-                    )
-                    loss = out.loss
-                    if config.fault_nan_at_step == step:  # testing only: a loss that has become NaN
-                        loss = loss * float("nan")
-                    if backward:
-                        (loss * loss_scale(info)).backward()
-                sums["policy/loss"] += loss.item()
-                for key, value in out.metrics.items():
-                    sums[f"policy/{key}"] += value.item()
-            sums = all_reduce_sum(dict(sums), info)
-            grad_norm = grad_norm_and_clip(trainer, config.optim.grad_clip).item()
-            if not (math.isfinite(sums["policy/loss"]) and math.isfinite(grad_norm)):
-                raise TrainingDiverged(
-                    f"step {step} (epoch {epoch}, mini-batch {mini}): policy/loss={sums['policy/loss']} "
-                    f"optim/grad_norm={grad_norm} is not finite; stopped before the optimiser step"
+    with training_mode(trainer):
+        for epoch in range(epochs):
+            if epochs * mini_batches > 1:  # same seeded shuffle on every rank
+                generator = torch.Generator().manual_seed(derive_seed(config.seed, step, "shuffle", epoch))
+                order = torch.randperm(B, generator=generator).tolist()
+            else:
+                order = list(range(B))
+            for mini in range(mini_batches):
+                rows = order[mini * rows_per_mini_batch : (mini + 1) * rows_per_mini_batch]
+                norm = Normalizers.count(batch.mask_BT[rows], config.rollout.max_new_tokens)
+                generator = torch.Generator().manual_seed(derive_seed(config.seed, step, epoch, mini, info.rank))
+                backward_rows, forward_rows = (
+                    split_by_advantage(rows, adv_BT, batch.mask_BT, info.world_size)
+                    if zero_advantage_rows_skip_backward(config)
+                    else (rows, [])
                 )
-            lr = scheduler.get_last_lr()[0]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            for key, value in sums.items():
-                totals[key] += value
-            totals["optim/grad_norm"] += grad_norm
+                parts = []
+                for share, backward in ((backward_rows, True), (forward_rows, False)):
+                    mine = rank_share(share, info)
+                    mine = longest_first(mine, batch) if micro_batch_invariant(config) else mine
+                    parts += [(micro, backward) for micro in plan_micro_batches(mine, batch, config, info)]
+                last_backward = sum(backward for _, backward in parts) - 1
+                sums: dict[str, float] = defaultdict(float)
+                for index, (micro, backward) in enumerate(parts):
+                    sub = batch.select(micro)
+                    width = sub.tokens_BT.shape[1]
+                    sync = gradient_sync(trainer, enabled=index == last_backward)
+                    with sync, torch.set_grad_enabled(backward):
+                        logp_BT, entropy_BT = sequence_logp(
+                            trainer, sub.prompt_ids_B, sub.tokens_BT, sub.mask_BT, config.rollout.temperature, pad_id,
+                            dtype, chunk_tokens=config.model.logp_chunk_tokens,
+                        )  # fmt: skip
+                        device = logp_BT.device
+                        old_BT = logp_BT.detach() if old_logp_BT is None else old_logp_BT[micro, :width].to(device)
+                        out = policy_loss(
+                            config.algorithm,
+                            logp_BT,
+                            old_BT,
+                            adv_BT[micro, :width].to(device),
+                            sub.mask_BT.to(device),
+                            norm,
+                            ref_logp_BT=None if ref_logp_BT is None else ref_logp_BT[micro, :width].to(device),
+                            entropy_BT=entropy_BT,
+                            generator=generator,
+                            reduce=lambda sums: all_reduce_sum(sums, info),  # BAPO: bounds chosen alike on every rank
+                        )
+                        loss = out.loss
+                        if config.fault_nan_at_step == step:  # testing only: a loss that has become NaN
+                            loss = loss * float("nan")
+                        if backward:
+                            (loss * loss_scale(info)).backward()
+                    sums["policy/loss"] += loss.item()
+                    for key, value in out.metrics.items():
+                        sums[f"policy/{key}"] += value.item()
+                sums = all_reduce_sum(dict(sums), info)
+                grad_norm = grad_norm_and_clip(trainer, config.optim.grad_clip).item()
+                if not (math.isfinite(sums["policy/loss"]) and math.isfinite(grad_norm)):
+                    raise TrainingDiverged(
+                        f"step {step} (epoch {epoch}, mini-batch {mini}): policy/loss={sums['policy/loss']} "
+                        f"optim/grad_norm={grad_norm} is not finite; stopped before the optimiser step"
+                    )
+                lr = scheduler.get_last_lr()[0]
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                for key, value in sums.items():
+                    totals[key] += value
+                totals["optim/grad_norm"] += grad_norm
     count = epochs * mini_batches
     return {key: value / count for key, value in totals.items()} | {"optim/lr": lr}
+
+
+@contextlib.contextmanager
+def training_mode(model: nn.Module) -> Iterator[None]:
+    """``model.train()`` for the update's forwards and backwards, ``model.eval()`` again afterwards (also on error).
+
+    The policy is in eval mode everywhere else: rollout, old and reference log-probs, evaluation. Qwen-style models
+    have no dropout (attention_dropout = 0), so the mode changes no value; it matters because transformers
+    recomputes decoder layers in the backward (``model.gradient_checkpointing``) only while ``module.training`` is
+    True, and ``from_pretrained`` returns a model in eval mode, where checkpointing silently does nothing."""
+    model.train()
+    try:
+        yield
+    finally:
+        model.eval()
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: Schedule, min_lr_ratio: float) -> float:
