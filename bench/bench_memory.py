@@ -140,8 +140,9 @@ def linear_child(variant: str, tokens: int, hidden: int, vocab: int, chunk: int)
         mask_1N = torch.ones(1, tokens_N.shape[0], dtype=torch.bool)
         norm = Normalizers.count(mask_1N, max_len=tokens_N.shape[0])
         if variant == "linear_chunked":
-            logp_N, entropy_N, _lse_N = linear_token_logp_and_entropy(hidden_NH, weight_VH, tokens_N, 0.7, chunk)
-            logp_1N, entropy_1N = logp_N[None], entropy_N[None]
+            logp_1N, entropy_1N, _stats = linear_token_logp_and_entropy(
+                hidden_NH[None], weight_VH, tokens_N[None], 0.7, chunk
+            )
         else:  # the full N x V logits, then the chunked log-softmax of algorithms.logprobs
             logp_1N, entropy_1N = token_logp_and_entropy((hidden_NH @ weight_VH.T)[None], tokens_N[None], 0.7)
         old_1N, adv_1N = old_logp_N[None], adv_N[None]

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from algorithms import linear_token_logp_and_entropy, token_logp_and_entropy
+from algorithms import linear_token_logp_and_entropy, token_logit_stats, token_logp_and_entropy
 
 
 def reference(logits_BTV: torch.Tensor, tokens_BT: torch.Tensor, temperature: float):
@@ -85,55 +85,62 @@ def test_bad_temperature_is_a_value_error():
         token_logp_and_entropy(torch.zeros(1, 1, 2), torch.zeros(1, 1).long(), temperature=0)
 
 
-def _linear_inputs(N: int, H: int, V: int, dtype: torch.dtype, seed: int):
+def _linear_inputs(B: int, T: int, H: int, V: int, dtype: torch.dtype, seed: int):
     generator = torch.Generator().manual_seed(seed)
-    hidden_NH = torch.randn(N, H, dtype=dtype, generator=generator).requires_grad_(True)
+    hidden_BTH = torch.randn(B, T, H, dtype=dtype, generator=generator).requires_grad_(True)
     weight_VH = (torch.randn(V, H, dtype=dtype, generator=generator) / H**0.5).requires_grad_(True)
-    tokens_N = torch.randint(0, V, (N,), generator=generator)
-    return hidden_NH, weight_VH, tokens_N
+    tokens_BT = torch.randint(0, V, (B, T), generator=generator)
+    return hidden_BTH, weight_VH, tokens_BT
 
 
-def test_linear_log_normaliser_by_hand():
-    # h = (1, 0), W rows (ln 3, 0) and (0, 0): logits (ln 3, 0); at tau = 1: lse = ln(3 + 1), logp(token 1) = -ln 4
-    hidden_NH, weight_VH = torch.tensor([[1.0, 0.0]]), torch.tensor([[math.log(3.0), 0.0], [0.0, 0.0]])
-    logp_N, entropy_N, lse_N = linear_token_logp_and_entropy(hidden_NH, weight_VH, torch.tensor([1]), 1.0, 4)
-    torch.testing.assert_close(lse_N, torch.tensor([math.log(4.0)]), atol=1e-6, rtol=0)
-    torch.testing.assert_close(logp_N, torch.tensor([-math.log(4.0)]), atol=1e-6, rtol=0)
-    # p = (3/4, 1/4): H = -(3/4 ln 3/4 + 1/4 ln 1/4)
+def test_linear_by_hand():
+    # h = (1, 0), W rows (ln 3, 0) and (0, 0): logits z = (ln 3, 0) at tau = 1; p = (3/4, 1/4)
+    hidden_BTH, weight_VH = torch.tensor([[[1.0, 0.0]]]), torch.tensor([[math.log(3.0), 0.0], [0.0, 0.0]])
+    logp_BT, entropy_BT, stats = linear_token_logp_and_entropy(hidden_BTH, weight_VH, torch.tensor([[1]]), 1.0, 4)
+    torch.testing.assert_close(logp_BT, torch.tensor([[-math.log(4.0)]]), atol=1e-6, rtol=0)  # ln 1/4
     want_entropy = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
-    torch.testing.assert_close(entropy_N, torch.tensor([want_entropy]), atol=1e-6, rtol=0)
-    # the sampled token's scaled logit is logp + lse: 0 for token 1
-    torch.testing.assert_close(logp_N + lse_N, torch.tensor([0.0]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(entropy_BT, torch.tensor([[want_entropy]]), atol=1e-6, rtol=0)
+    # the sampled token's logit: z[1] = 0; certainty: logsumexp z - mean z = ln 4 - (ln 3) / 2
+    torch.testing.assert_close(stats.logit_BT, torch.tensor([[0.0]]), atol=1e-6, rtol=0)
+    want_certainty = math.log(4.0) - math.log(3.0) / 2
+    torch.testing.assert_close(stats.certainty_BT, torch.tensor([[want_certainty]]), atol=1e-6, rtol=0)
 
 
 def test_linear_gradcheck_float64():
-    hidden_NH, weight_VH, tokens_N = _linear_inputs(11, 6, 13, torch.float64, seed=0)
+    hidden_BTH, weight_VH, tokens_BT = _linear_inputs(2, 5, 6, 13, torch.float64, seed=0)
     assert torch.autograd.gradcheck(
-        lambda h, w: linear_token_logp_and_entropy(h, w, tokens_N, 0.7, 4)[:2], (hidden_NH, weight_VH)
+        lambda h, w: linear_token_logp_and_entropy(h, w, tokens_BT, 0.7, 4)[:2], (hidden_BTH, weight_VH)
     )
 
 
 @pytest.mark.parametrize("chunk_tokens, temperature", [(1, 1.0), (37, 0.6), (256, 1.3), (1000, 1.0)])
 def test_linear_chunks_equal_full_logits(chunk_tokens: int, temperature: float):
-    """logp, entropy and the gradients w.r.t. the hidden states and the weight equal autograd through the full
-    N x V logits (token_logp_and_entropy on h W^T) within 1e-5, for one-token, uneven and whole-input chunks."""
-    N, H, V = 300, 32, 2000
-    hidden_NH, weight_VH, tokens_N = _linear_inputs(N, H, V, torch.float32, seed=chunk_tokens)
+    """logp, entropy, the logit stats and the gradients w.r.t. the hidden states and the weight equal the full
+    B x T x V logits path (token_logp_and_entropy and token_logit_stats on h W^T) within 1e-5, for one-token,
+    uneven and whole-input chunks."""
+    B, T, H, V = 2, 150, 32, 2000
+    hidden_BTH, weight_VH, tokens_BT = _linear_inputs(B, T, H, V, torch.float32, seed=chunk_tokens)
     generator = torch.Generator().manual_seed(1)
-    g_N, h_N = torch.randn(N, generator=generator) / N, torch.randn(N, generator=generator) / N
+    g_BT, h_BT = torch.randn(B, T, generator=generator) / T, torch.randn(B, T, generator=generator) / T
 
-    logp_N, entropy_N, lse_N = linear_token_logp_and_entropy(hidden_NH, weight_VH, tokens_N, temperature, chunk_tokens)
-    ((logp_N * g_N).sum() + (entropy_N * h_N).sum()).backward()
+    logp_BT, entropy_BT, stats = linear_token_logp_and_entropy(
+        hidden_BTH, weight_VH, tokens_BT, temperature, chunk_tokens
+    )
+    ((logp_BT * g_BT).sum() + (entropy_BT * h_BT).sum()).backward()
 
-    hidden_ref, weight_ref = hidden_NH.detach().clone().requires_grad_(), weight_VH.detach().clone().requires_grad_()
-    logits_1NV = (hidden_ref @ weight_ref.T)[None]
-    want_logp, want_entropy = token_logp_and_entropy(logits_1NV, tokens_N[None], temperature)
-    ((want_logp[0] * g_N).sum() + (want_entropy[0] * h_N).sum()).backward()
+    hidden_ref, weight_ref = hidden_BTH.detach().clone().requires_grad_(), weight_VH.detach().clone().requires_grad_()
+    logits_BTV = hidden_ref @ weight_ref.T
+    want_logp, want_entropy = token_logp_and_entropy(logits_BTV, tokens_BT, temperature)
+    ((want_logp * g_BT).sum() + (want_entropy * h_BT).sum()).backward()
+    want_stats = token_logit_stats(logits_BTV.detach(), tokens_BT, temperature)
     # values of magnitude ~7 (ln 2000): float32 rounding, so a relative term as well
-    torch.testing.assert_close(logp_N, want_logp[0].detach(), atol=1e-5, rtol=2e-6)
-    torch.testing.assert_close(entropy_N, want_entropy[0].detach(), atol=1e-5, rtol=2e-6)
-    want_lse = torch.logsumexp(logits_1NV[0].detach() / temperature, -1)
-    torch.testing.assert_close(lse_N, want_lse, atol=1e-5, rtol=2e-6)
-    torch.testing.assert_close(hidden_NH.grad, hidden_ref.grad, atol=1e-5, rtol=0)
+    for got, want in (
+        (logp_BT, want_logp),
+        (entropy_BT, want_entropy),
+        (stats.logit_BT, want_stats.logit_BT),
+        (stats.certainty_BT, want_stats.certainty_BT),
+    ):
+        torch.testing.assert_close(got, want.detach(), atol=1e-5, rtol=2e-6)
+    torch.testing.assert_close(hidden_BTH.grad, hidden_ref.grad, atol=1e-5, rtol=0)
     torch.testing.assert_close(weight_VH.grad, weight_ref.grad, atol=1e-5, rtol=0)
     assert weight_VH.grad.abs().max() > 1e-3  # the comparison is not between zeros

@@ -31,10 +31,13 @@ from training.tiny import random_tiny_model  # noqa: E402
 from training.update import batch_logps, update_policy  # noqa: E402
 
 
-def one_update(strategy: str, model_dir: Path, scale: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+def one_update(
+    strategy: str, model_dir: Path, scale: bool = False, ragged: bool = False
+) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """Sample a batch (identically on every rank), then one step of 2 mini-batches x micro-batches of 2 rows; with
     ``scale``, the paper-scale memory mechanisms instead: gradient checkpointing, log-probs in chunks of 3 tokens,
-    micro-batches under a 26-token budget (1 or 2 rows: ranks may pack differently and still run as many)."""
+    micro-batches under a 26-token budget (1 or 2 rows: ranks pack differently and still run as many); ``ragged``
+    cuts the responses to lengths 1-10."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.set_num_threads(1)
@@ -55,6 +58,10 @@ def one_update(strategy: str, model_dir: Path, scale: bool = False) -> tuple[dic
     # the second group is all correct: its rows get a forward only (zero advantage), 1-3 per mini-batch and rank
     correct_B = torch.tensor([True, False, False, True, True, True, True, True])
     batch = StepBatch.from_rollout(out, [p for p in range(P) for _ in range(G)], correct_B, correct_B.float())
+    if ragged:  # a random model never stops early: cut the responses, so the two ranks pack differently
+        lengths_B = torch.tensor([10, 3, 7, 2, 10, 4, 6, 1])
+        mask_BT = torch.arange(batch.mask_BT.shape[1])[None, :] < lengths_B[:, None]
+        batch = dataclasses.replace(batch, lengths_B=lengths_B, mask_BT=mask_BT)
     if scale:
         model.activation_checkpointing_enable()
     trainer = wrap_model(model, strategy, info, "float32")
@@ -124,7 +131,7 @@ def test_two_ranks_equal_one_rank(strategy: str, model_dir: Path, tmp_path: Path
 def test_two_fsdp2_ranks_with_the_memory_mechanisms_equal_one_plain_rank(model_dir: Path, tmp_path: Path):
     """Gradient checkpointing, chunked log-probs and token-budget micro-batches on 2 FSDP2 ranks give the weights of
     one rank with fixed 2-row micro-batches and full logits."""
-    want_weights, want_metrics = one_update("fsdp2", model_dir)
+    want_weights, want_metrics = one_update("fsdp2", model_dir, ragged=True)
     out = torchrun([__file__, "fsdp2+scale", str(model_dir), str(tmp_path / "two.pt")], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     got = torch.load(tmp_path / "two.pt", weights_only=False)
@@ -175,6 +182,7 @@ def test_two_rank_fsdp2_cli_run_resumes_exactly(model_dir: Path, tmp_path: Path)
 if __name__ == "__main__":
     strategy_arg, model_arg, out_arg = sys.argv[1:4]
     strategy_name, _, scale_arg = strategy_arg.partition("+")
-    result_weights, result_metrics = one_update(strategy_name, Path(model_arg), scale=scale_arg == "scale")
+    scale_mode = scale_arg == "scale"
+    result_weights, result_metrics = one_update(strategy_name, Path(model_arg), scale=scale_mode, ragged=scale_mode)
     if int(os.environ.get("RANK", "0")) == 0:
         torch.save({"weights": result_weights, "metrics": result_metrics}, out_arg)

@@ -149,7 +149,7 @@ def test_chunked_sequence_logp_equals_full_logits(model_dir: Path, chunk: int):
     for chunk_tokens in (None, chunk):
         model.zero_grad(set_to_none=True)
         logp_BT, entropy_BT = sequence_logp(
-            model, batch.prompt_ids_B, batch.tokens_BT, batch.mask_BT, 0.6, 0, torch.float32, chunk_tokens
+            model, batch.prompt_ids_B, batch.tokens_BT, batch.mask_BT, 0.6, 0, torch.float32, chunk_tokens=chunk_tokens
         )
         (logp_BT.sum() - 0.3 * entropy_BT.sum()).backward()
         out.append((logp_BT.detach(), entropy_BT.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
@@ -159,3 +159,9 @@ def test_chunked_sequence_logp_equals_full_logits(model_dir: Path, chunk: int):
     assert (logp[~batch.mask_BT] == 0).all() and (entropy[~batch.mask_BT] == 0).all()
     for name, grad in want_grads.items():  # float32 rounding of gradients up to ~25 (the summed embedding rows)
         torch.testing.assert_close(grads[name], grad, atol=1e-5, rtol=1e-6, msg=name)
+    # UCAS's logit stats (no-grad use) come from the same chunks
+    with torch.no_grad():
+        args = (model, batch.prompt_ids_B, batch.tokens_BT, batch.mask_BT, 0.6, 0, torch.float32, True)
+        (*_, want_stats), (*_, stats) = sequence_logp(*args), sequence_logp(*args, chunk_tokens=chunk)
+    torch.testing.assert_close(stats.logit_BT, want_stats.logit_BT, atol=1e-5, rtol=0)
+    torch.testing.assert_close(stats.certainty_BT, want_stats.certainty_BT, atol=1e-5, rtol=0)
