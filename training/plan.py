@@ -227,7 +227,7 @@ def _estimate(config: RunConfig, shape: ModelShape, gpus: int, gpu_memory_gb: fl
     rollout = resident + RUNTIME_RESERVE_BYTES
     if config.rollout.engine == "vllm":
         tp = config.rollout.vllm_tensor_parallel
-        sleeps = getattr(config.rollout, "vllm_sleep_mode", False)  # issue 13's field, once it lands
+        sleeps = config.rollout.vllm_sleep_mode
         share = int(config.rollout.vllm_gpu_memory_utilization * gpu_bytes)
         weights = b * P // tp
         kv = share - weights - VLLM_RUNTIME_BYTES
@@ -240,7 +240,7 @@ def _estimate(config: RunConfig, shape: ModelShape, gpus: int, gpu_memory_gb: fl
             ("vLLM KV cache", max(kv, 0), f"{sequences:,} sequences of {config.rollout.vllm_max_model_len:,} tokens"),
         ]
         rollout += share
-        update += 0 if sleeps else share
+        update += VLLM_RUNTIME_BYTES if sleeps else share  # asleep: weights on the host, KV cache freed
         if sequences < 1:
             notes.append("vLLM's KV cache holds no full-length sequence: raise rollout.vllm_gpu_memory_utilization")
     if rollout > gpu_bytes:
