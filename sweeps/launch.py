@@ -43,7 +43,11 @@ class Cluster:
     account: str | None = None
     qos: str | None = None
     time_min: int = 240  # wall time per attempt; a run that needs longer requeues and resumes
-    gpus: int = 0  # per job; > 1 runs training under torchrun, one rank per GPU
+    gpus: int = 0  # per node; > 1 runs training under torchrun, one rank per GPU
+    nodes: int = 1  # per job; > 1: one torchrun per node, a c10d rendezvous on the first (Slurm only)
+    # SIGUSR2 this long before the time limit: the run finishes its step and checkpoints (one step + one checkpoint
+    # must fit, with 30 s to spare for the requeue)
+    signal_delay_s: int = 120
     cpus: int = 2
     mem_gb: float | None = None
     array_parallelism: int = 64  # array tasks running at once
@@ -79,7 +83,12 @@ def load_cluster(profile: str | None, **overrides: object) -> Cluster:
         raise ValueError(f"cluster profile key(s) {unknown} unknown; valid keys: {', '.join(sorted(fields))}")
     if "setup" in data:
         data["setup"] = tuple(data["setup"])
-    return Cluster(**data)
+    cluster = Cluster(**data)
+    if cluster.nodes < 1 or cluster.signal_delay_s < 40:
+        raise ValueError(
+            f"cluster nodes={cluster.nodes} must be >= 1 and signal_delay_s={cluster.signal_delay_s} >= 40"
+        )
+    return cluster
 
 
 def run_state(run_dir: Path) -> Literal["done", "partial", "new"]:
@@ -98,7 +107,7 @@ def slurm_parameters(cluster: Cluster, job_name: str) -> dict:
         "time": cluster.time_min,
         "cpus_per_task": cluster.cpus,
         "array_parallelism": cluster.array_parallelism,
-        "signal_delay_s": 120,  # USR2 this long before the time limit: enough to requeue
+        "signal_delay_s": cluster.signal_delay_s,
         "setup": [f"export PYTHONPATH={REPO}${{PYTHONPATH:+:$PYTHONPATH}}", *cluster.setup],
     }
     optional = {
@@ -106,6 +115,8 @@ def slurm_parameters(cluster: Cluster, job_name: str) -> dict:
         "account": cluster.account,
         "qos": cluster.qos,
         "gpus_per_node": cluster.gpus or None,
+        "nodes": cluster.nodes if cluster.nodes > 1 else None,
+        "ntasks_per_node": 1 if cluster.nodes > 1 else None,  # one task per node, each starting torchrun
         "mem": f"{cluster.mem_gb:g}GB" if cluster.mem_gb else None,
     }
     return params | {k: v for k, v in optional.items() if v is not None}
@@ -214,7 +225,8 @@ def launch(sweep: Sweep, runs: list[Run], sweep_dir: Path, options: LaunchOption
     if options.dry_run:
         print(plan_markdown(plan(sweep, runs)))
         if todo:
-            print("command per run:", " ".join(train_command(Path("<run_dir>/config.json"), options.cluster.gpus)))
+            command = train_command(Path("<run_dir>/config.json"), options.cluster.gpus, options.cluster.nodes)
+            print("command per run:", " ".join(command))
         if options.executor == "slurm" and todo:
             print("sbatch script (one array task per run):")
             print(sbatch_script(options.cluster, sweep.name, folder, len(todo)))
@@ -227,14 +239,12 @@ def launch(sweep: Sweep, runs: list[Run], sweep_dir: Path, options: LaunchOption
         from training.tiny import ensure_tiny_model  # build the embedded model once, before runs race for it
 
         ensure_tiny_model()
+    cluster = options.cluster
+    stop_timeout_s = cluster.signal_delay_s - 30  # the rest of the warning is for the requeue
+    commands = [train_command(write_config(run, sweep.name), cluster.gpus, cluster.nodes) for run in todo]
     jobs = [
-        (
-            run,
-            TrainJob(
-                run.config.out_dir, train_command(write_config(run, sweep.name), options.cluster.gpus), options.threads
-            ),
-        )
-        for run in todo
+        (run, TrainJob(run.config.out_dir, command, options.threads, stop_timeout_s))
+        for run, command in zip(todo, commands, strict=True)
     ]
     # job processes unpickle TrainJob from this repo even when it is not installed
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
@@ -278,7 +288,8 @@ def add_launch_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--account")
     group.add_argument("--qos")
     group.add_argument("--time", type=int, dest="time_min", help="minutes per job attempt")
-    group.add_argument("--gpus", type=int, help="GPUs per job")
+    group.add_argument("--gpus", type=int, help="GPUs per node")
+    group.add_argument("--nodes", type=int, help="nodes per job (slurm)")
     group.add_argument("--cpus", type=int, help="CPUs per job")
     group.add_argument("--mem", type=float, dest="mem_gb", help="GB of memory per job")
     group.add_argument("--array-parallelism", type=int, help="slurm: array tasks at once")
@@ -286,8 +297,10 @@ def add_launch_args(parser: argparse.ArgumentParser) -> None:
 
 def launch_options(args: argparse.Namespace) -> LaunchOptions:
     """LaunchOptions from parsed ``add_launch_args`` flags."""
-    keys = ("partition", "account", "qos", "time_min", "gpus", "cpus", "mem_gb", "array_parallelism")
+    keys = ("partition", "account", "qos", "time_min", "gpus", "nodes", "cpus", "mem_gb", "array_parallelism")
     cluster = load_cluster(args.cluster, **{k: getattr(args, k) for k in keys})
+    if cluster.nodes > 1 and args.executor != "slurm":
+        raise ValueError(f"--nodes {cluster.nodes}: several nodes need --executor slurm")
     return LaunchOptions(
         executor=args.executor,
         cluster=cluster,

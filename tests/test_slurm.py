@@ -1,4 +1,5 @@
-"""Real Slurm: an embedded sweep through sbatch job arrays, and a requeued job that still finishes exactly once.
+"""Real Slurm: an embedded sweep through sbatch job arrays, a requeued job that still finishes exactly once, and a
+job warned by SIGUSR2 (as ``--signal=USR2@...`` does before the time limit) that saves its step and loses none.
 
 Needs a running cluster (``bash ../shared/slurm/start.sh`` as root): skipped without one, a failure under CI=true.
 Runs are real training runs of a random tiny model, a few steps each, so the whole file takes a minute or two.
@@ -6,6 +7,7 @@ Runs are real training runs of a random tiny model, a few steps each, so the who
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -46,9 +48,9 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return random_tiny_model(tmp_path_factory.mktemp("model"), seed=0)
 
 
-def compare_command(out: Path, model: Path, *extra: str) -> list[str]:
+def compare_command(out: Path, model: Path, *extra: str, methods: str = "grpo,miner") -> list[str]:
     return [
-        sys.executable, "sweeps/compare.py", "--methods", "grpo,miner", "--model", str(model), "--out", str(out),
+        sys.executable, "sweeps/compare.py", "--methods", methods, "--model", str(model), "--out", str(out),
         "--executor", "slurm", "--cluster", "single_node", "--wait", *TINY, *extra,
     ]  # fmt: skip
 
@@ -112,6 +114,43 @@ def test_requeued_job_still_finishes_every_run_once(cluster: None, model: Path, 
     assert events(grpo).count("start") == 2, events(grpo)  # the requeued job ran again and resumed
 
 
+def test_warning_signal_saves_the_step_and_the_requeued_job_loses_none(cluster: None, model: Path, tmp_path: Path):
+    """``scancel --signal=USR2``: the trainer finishes its step and checkpoints it (the only checkpoint after step 0:
+    no periodic ones, no validation), submitit requeues the job, and the next attempt resumes from exactly there."""
+    out = tmp_path / "compare"
+    steps = 6
+    no_checkpoints = ["--set", "logging.checkpoint_every=100", "--set", "eval.every=0"]
+    command = compare_command(out, model, "--steps", str(steps), *no_checkpoints, methods="grpo")
+    launcher = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        signalled = None
+        deadline = time.time() + 300
+        while signalled is None and time.time() < deadline and launcher.poll() is None:
+            for run_dir in sorted(out.glob("grpo-*")):
+                if len(metric_steps_or_empty(run_dir)) >= 2:
+                    signalled = json.loads((run_dir / "launch.json").read_text())["job_id"]
+                    subprocess.run(["scancel", "--signal=USR2", signalled], check=True)
+                    release(signalled, wait_s=120)
+                    break
+            time.sleep(0.5)
+        assert signalled is not None, "the grpo run never reached step 2 while its job ran"
+        output, _ = launcher.communicate(timeout=600)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert launcher.returncode == 0, output
+    run_dir = next(out.glob("grpo-*"))
+    assert (run_dir / "summary.json").is_file() and metric_steps(run_dir) == list(range(1, steps + 1))
+    launch = json.loads((run_dir / "launch.json").read_text())
+    assert [e["event"] for e in launch["events"]].count("start") == 2 and events(run_dir).count("done") == 1
+    assert [e.get("stopped") for e in launch["events"] if e["event"] == "requeue"] == [True]
+    log = (run_dir / "train.log").read_text()
+    stopped = re.findall(r"stopping after step (\d+) on SIGUSR2", log)
+    resumed = re.findall(r"resumed from \S*step_(\d+)", log)
+    assert len(stopped) == 1 and 2 <= int(stopped[0]) < steps, log[-3000:]
+    assert [int(step) for step in resumed] == [int(stopped[0])]  # resumed at the step it stopped after: none lost
+
+
 def metric_steps_or_empty(run_dir: Path) -> list[int]:
     try:
         return metric_steps(run_dir)
@@ -119,9 +158,9 @@ def metric_steps_or_empty(run_dir: Path) -> list[int]:
         return []
 
 
-def release(job_id: str) -> None:
+def release(job_id: str, wait_s: float = 10) -> None:
     """Slurm holds a requeued job ~2 minutes (its BeginTime); make it eligible now so the test stays short."""
-    for _ in range(20):
+    for _ in range(int(wait_s * 2)):
         state = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True).stdout
         if "PENDING" in state:
             subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=False)

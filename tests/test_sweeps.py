@@ -10,7 +10,7 @@ import pytest
 
 from algorithms import ALGORITHMS
 from sweeps import ablation, compare, sensitivity
-from sweeps.jobs import record_event
+from sweeps.jobs import EXIT_STOPPED, record_event, resolve_placeholders, train_command
 from sweeps.launch import add_launch_args, load_cluster, run_state
 from sweeps.options import add_sweep_args
 from sweeps.spec import Arm, Sweep, plan, shared_settings, sweep_runs
@@ -112,7 +112,7 @@ def test_paper_profile_slurm_dry_run(tmp_path: Path, capsys: pytest.CaptureFixtu
         "#SBATCH --partition=gpu",
         "#SBATCH --account=lab",
         "#SBATCH --qos=high",
-        "#SBATCH --signal=USR2@120",
+        "#SBATCH --signal=USR2@900",  # a 4B step (minutes) and its checkpoint must fit in the warning
         "#SBATCH --job-name=compare",
     ):
         assert line in printed
@@ -121,11 +121,45 @@ def test_paper_profile_slurm_dry_run(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert not out.exists()  # a dry run writes nothing
 
 
+def test_two_node_slurm_dry_run(tmp_path: Path, capsys: pytest.CaptureFixture):
+    """Two nodes of 8 GPUs: one task per node, each a torchrun of 8 ranks meeting at the first node (c10d)."""
+    out = tmp_path / "compare"
+    argv = ["--profile", "paper", "--executor", "slurm", "--cluster", "paper", "--nodes", "2", "--dry-run"]
+    assert compare.main([*argv, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=8", "srun "):
+        assert line in printed
+    command = "torch.distributed.run --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d"
+    assert f"{command} --rdzv_endpoint={{first_node}}:29500 --rdzv_id={{job_id}} -m training.train" in printed
+    assert compare.main([*argv, "--executor", "local", "--out", str(out)]) == 2  # several nodes: Slurm only
+    assert "several nodes need --executor slurm" in capsys.readouterr().err
+
+
+def test_multi_node_command_gets_the_first_node_and_the_job_id(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_JOB_NODELIST", "gpu[3-4]")
+    monkeypatch.setenv("SLURM_NODEID", "1")
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    monkeypatch.setenv("SLURM_LOCALID", "0")
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    command = resolve_placeholders(train_command(Path("c.json"), gpus=8, nodes=2))
+    assert "--rdzv_endpoint=gpu3:29500" in command and "--rdzv_id=77" in command
+
+
 def test_cluster_profile_and_flags():
     assert load_cluster("paper", gpus=4, qos=None).gpus == 4
     assert load_cluster("paper").time_min == 1440
     with pytest.raises(ValueError, match="no such file or profile"):
         load_cluster("nowhere")
+    with pytest.raises(ValueError, match="nodes=0 must be >= 1"):
+        load_cluster("paper", nodes=0)
+
+
+def test_the_job_knows_the_trainers_stop_exit_code():
+    from training.checkpoint import EXIT_STOPPED as trainer_exit
+
+    assert EXIT_STOPPED == trainer_exit == 75
 
 
 def test_status_and_skip_states(tmp_path: Path):

@@ -21,6 +21,7 @@ from transformers import AutoModelForCausalLM
 from algorithms import ALGORITHMS
 from training import runlog
 from training.checkpoint import latest_checkpoint, list_checkpoints
+from training.checkpoint import main as export_main
 from training.config import apply_overrides, tiny
 from training.train import train
 
@@ -155,6 +156,7 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(model_dir: 
     assert not (run / "summary.json").exists()
     assert [row["step"] for row in runlog.read_jsonl(run / "metrics.jsonl")] == [1]
     assert latest_checkpoint(run).name == "step_00000001"
+    assert export_main(["export", str(latest_checkpoint(run)), "--dtype", "float32"]) == 0  # HF weights on demand
     model = AutoModelForCausalLM.from_pretrained(latest_checkpoint(run))
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
@@ -164,40 +166,58 @@ def _comparable(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in row.items() if k != "time" and not k.startswith(("time/", "perf/"))} for row in rows]
 
 
-@pytest.mark.slow
-def test_exact_resume_after_sigkill(model_dir: Path, tmp_path: Path):
-    steps = 6
-    # the entropy bonus moves the weights on every step, whatever the rewards; checkpoints kept: only the last 2
-    extra = ["--algorithm=entropy_bonus", "--algorithm.entropy_coef=0.1", "--logging.keep_last=2"]
-    reference = run_cli(small_args(model_dir, tmp_path / "reference", steps) + extra, tmp_path)
+@pytest.fixture(scope="module")
+def uninterrupted(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The reference for the resume tests: 6 steps in one go."""
+    run = tmp_path_factory.mktemp("uninterrupted") / "reference"
+    reference = run_cli(small_args(model_dir, run, RESUME_STEPS) + RESUME_EXTRA, run.parent)
     assert reference.returncode == 0, reference.stderr
+    return run
 
+
+RESUME_STEPS = 6
+# the entropy bonus moves the weights on every step, whatever the rewards; checkpoints kept: only the last 2
+RESUME_EXTRA = ["--algorithm=entropy_bonus", "--algorithm.entropy_coef=0.1", "--logging.keep_last=2"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGUSR2], ids=lambda s: s.name)  # SIGTERM: same handler
+def test_exact_resume_after_a_kill_or_a_stop_signal(model_dir: Path, uninterrupted: Path, tmp_path: Path, signum):
+    """SIGKILL: resume from the last checkpoint. SIGUSR2 / SIGTERM (Slurm's warning, preemption): the run finishes
+    its step, checkpoints it (here the only checkpoint since step 0) and exits 75, so resuming loses no step."""
+    steps, extra = RESUME_STEPS, RESUME_EXTRA
+    if signum != signal.SIGKILL:
+        extra = [*extra, "--logging.checkpoint_every=100"]  # logging only: the training is the same
     run = tmp_path / "killed"
     kill_after = random.randint(1, steps - 2)  # metrics lines to wait for; the kill lands in the next steps
     process = subprocess.Popen(
         [sys.executable, "-m", "training.train", *small_args(model_dir, run, steps), *extra],
-        cwd=tmp_path, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=tmp_path, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     deadline = time.monotonic() + 120
     while len(runlog.read_jsonl(run / "metrics.jsonl")) < kill_after and process.poll() is None:
         assert time.monotonic() < deadline, "the run did not reach the kill point"
         time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    process.send_signal(signum)
+    _, stderr = process.communicate()
     assert not (run / "summary.json").exists(), f"the run finished before the kill (kill_after={kill_after})"
     resumed_from = latest_checkpoint(run)
     assert resumed_from is not None
+    if signum != signal.SIGKILL:
+        done = len(runlog.read_jsonl(run / "metrics.jsonl"))
+        assert process.returncode == 75 and f"stopped after step {done} on {signum.name}" in stderr, stderr
+        assert resumed_from.name == f"step_{done:08d}"  # the last step done is saved: none is lost
 
     resumed = run_cli(small_args(model_dir, run, steps) + extra, tmp_path)
     assert resumed.returncode == 0, resumed.stderr
-    ref_dir, run_dir = list_checkpoints(tmp_path / "reference")[-1], list_checkpoints(run)[-1]
+    ref_dir, run_dir = list_checkpoints(uninterrupted)[-1], list_checkpoints(run)[-1]
     assert ref_dir.name == run_dir.name == f"step_{steps:08d}"
     ref_model = AutoModelForCausalLM.from_pretrained(ref_dir)
     for name, value in AutoModelForCausalLM.from_pretrained(run_dir).state_dict().items():
         assert torch.equal(value, ref_model.state_dict()[name]), f"{name} differs (killed after {kill_after})"
     for name in ("metrics.jsonl", "eval.jsonl", "samples.jsonl"):
-        want = _comparable(runlog.read_jsonl(tmp_path / "reference" / name))
+        want = _comparable(runlog.read_jsonl(uninterrupted / name))
         assert _comparable(runlog.read_jsonl(run / name)) == want, f"{name} differs (killed after {kill_after})"
-    ref_summary, summary = (json.loads((d / "summary.json").read_text()) for d in (tmp_path / "reference", run))
+    ref_summary, summary = (json.loads((d / "summary.json").read_text()) for d in (uninterrupted, run))
     assert ref_summary.pop("wall_time_s") > 0 and summary.pop("wall_time_s") > 0
     assert summary == ref_summary

@@ -17,11 +17,13 @@ from training.batch import StepBatch, concat, data_indices, derive_seed, sequenc
 from training.checkpoint import (
     TrainerState,
     best_checkpoint,
+    has_weights,
     latest_checkpoint,
     list_checkpoints,
     restore_training_state,
     save_checkpoint,
 )
+from training.checkpoint import main as checkpoint_main
 from training.config import OptimConfig, RolloutConfig, tiny, with_algorithm
 from training.distributed import init_distributed
 from training.tiny import random_tiny_model
@@ -101,27 +103,51 @@ def test_checkpoint_restores_optimizer_scheduler_and_rng_and_keeps_last_and_best
         optimizer.step(), scheduler.step(), optimizer.zero_grad()
         state = TrainerState(step, 10 * step, 0, 0, 2, 0.5, 1.0, 1)  # step 2 stays the best
         random.seed(step), np.random.seed(step), torch.manual_seed(step)
-        save_checkpoint(tmp_path, state, model, None, tokenizer, optimizer, scheduler, info, keep_last=1)
+        export = torch.float32 if step in (2, 4) else None  # the trainer exports the best and the final one
+        save_checkpoint(tmp_path, state, model, tokenizer, optimizer, scheduler, info, 1, export_dtype=export)
     # keep_last=1 plus the best: steps 2 and 4 remain, and no temporary folder is left behind
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000002", "step_00000004"]
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best", "step_00000002", "step_00000004"]
-    assert best_checkpoint(tmp_path).name == "step_00000002"
+    assert best_checkpoint(tmp_path).name == "step_00000002" and has_weights(best_checkpoint(tmp_path))
     expected = (random.random(), np.random.rand(), torch.rand(1))
     saved_optimizer = optimizer.state_dict()
 
-    fresh = AutoModelForCausalLM.from_pretrained(latest_checkpoint(tmp_path), dtype=torch.float32)
-    for name, value in fresh.state_dict().items():
-        assert torch.equal(value, model.state_dict()[name]), name
+    exported = AutoModelForCausalLM.from_pretrained(latest_checkpoint(tmp_path), dtype=torch.float32)
+    fresh = random_tiny_model(tmp_path / "other", seed=7)  # other weights: the checkpoint's state must replace them
+    fresh = _load(fresh)
     optimizer2 = torch.optim.AdamW(fresh.parameters(), lr=1e-3)
     scheduler2 = torch.optim.lr_scheduler.LambdaLR(optimizer2, lambda s: 1.0 / (s + 1))
     random.seed(99), np.random.seed(99), torch.manual_seed(99)
-    state = restore_training_state(latest_checkpoint(tmp_path), optimizer2, scheduler2, info)
+    state = restore_training_state(latest_checkpoint(tmp_path), fresh, optimizer2, scheduler2, info)
+    for name, value in model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[name], value) and torch.equal(exported.state_dict()[name], value), name
+    assert fresh.lm_head.weight is fresh.model.embed_tokens.weight  # still tied
     assert state == TrainerState(4, 40, 0, 0, 2, 0.5, 1.0, 1)
     assert (random.random(), np.random.rand(), torch.rand(1)) == expected
     assert scheduler2.last_epoch == 4 and scheduler2.get_last_lr() == scheduler.get_last_lr()
     for index, param_state in saved_optimizer["state"].items():
         for key, value in param_state.items():
             assert torch.equal(optimizer2.state_dict()["state"][index][key], value)
+
+
+def test_a_checkpoint_without_export_is_exported_on_demand(model_dir: Path, tmp_path: Path):
+    info = init_distributed()
+    model = _load(model_dir)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    state = TrainerState(1, 0, 0, 0, None, None, 0.0, 1)
+    folder = save_checkpoint(tmp_path, state, model, AutoTokenizer.from_pretrained(model_dir), optimizer, scheduler,
+                             info, 2, export_dtype=None)  # fmt: skip
+    assert not has_weights(folder)
+    # 0.8 M parameters: 3.2 MB of float32 weights (tied embedding once), no optimiser state before the first update
+    size = sum(p.stat().st_size for p in (folder / "state").iterdir())
+    n = sum(p.numel() for p in model.parameters())
+    assert 4 * n <= size < 4 * n + 100_000
+    assert checkpoint_main(["export", str(folder), "--dtype", "bfloat16"]) == 0
+    exported = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    for name, value in model.state_dict().items():
+        assert torch.equal(exported.state_dict()[name], value.to(torch.bfloat16).float()), name
+    assert checkpoint_main(["export", str(tmp_path)]) == 2  # not a checkpoint: one line, exit 2
 
 
 def test_trainer_logp_equals_the_engines_behaviour_logp(model_dir: Path):

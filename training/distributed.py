@@ -11,16 +11,19 @@ import datetime
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, assert_never
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
+from transformers import AutoConfig, AutoModelForCausalLM
 
-from training.config import DType, Strategy
+from training.config import DType, RunConfig, Strategy
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,62 @@ def wrap_frozen(model: nn.Module, strategy: Strategy, info: DistInfo, compute_dt
             return model
         case _:
             assert_never(strategy)
+
+
+def load_model(model_dir: Path, config: RunConfig, info: DistInfo, frozen: bool = False) -> nn.Module:
+    """The HF model at ``model_dir`` for ``config.dist.strategy``: the policy (float32 master weights, gradient
+    checkpointing as configured, ``wrap_model``) or, ``frozen``, the reference (in the compute dtype, eval mode,
+    no gradients, ``wrap_frozen``).
+
+    Under FSDP2 only rank 0 reads the weights: every rank builds the model on the meta device, shards it, allocates
+    its own shards (``to_empty``) and receives them from rank 0 one tensor at a time (``set_model_state_dict`` with
+    ``broadcast_from_rank0``), so ranks > 0 never hold a whole copy. Under DDP (or one process) every rank loads
+    the whole model, which it keeps anyway."""
+    strategy, attention, compute_dtype = config.dist.strategy, config.model.attention, config.model.compute_dtype
+    dtype = getattr(torch, compute_dtype) if frozen else torch.float32
+    sharded = strategy == "fsdp2" and info.world_size > 1
+    full = None
+    if not sharded or info.is_main:
+        full = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation=attention)
+    model = empty_model(model_dir, attention, dtype) if sharded else full.to(info.device)
+    if frozen:
+        model.eval().requires_grad_(False)
+    elif config.model.gradient_checkpointing:  # takes effect in train mode only: the update switches it (update.py)
+        model.activation_checkpointing_enable()
+    model = (
+        wrap_frozen(model, strategy, info, compute_dtype)
+        if frozen
+        else wrap_model(model, strategy, info, compute_dtype)
+    )
+    if sharded:
+        model.to_empty(device=info.device)
+        # buffers outside the state dict (rotary frequencies) are small: rank 0 sends them whole
+        source = dict(full.named_buffers()) if full is not None else {}
+        for name, buffer in model.named_buffers():
+            if info.is_main:
+                buffer.copy_(source[name])
+            dist.broadcast(buffer, src=0)
+        options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+        set_model_state_dict(model, full.state_dict() if full is not None else {}, options=options)
+    return model
+
+
+def empty_model(model_dir: Path, attention: str, dtype: torch.dtype) -> nn.Module:
+    """The architecture of the HF model at ``model_dir`` on the meta device: no memory, no weights, no init."""
+    config = AutoConfig.from_pretrained(model_dir)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attention)
+
+
+def whole_copy(model: nn.Module, model_dir: Path, attention: str, device: torch.device) -> nn.Module:
+    """An unsharded float32 copy of ``model`` on ``device`` (every rank gathers the full state; all must call)."""
+    copy = empty_model(model_dir, attention, torch.float32).to_empty(device=device)
+    copy.tie_weights()  # to_empty made new parameters: tie the output layer to the embedding again
+    sources = dict(unwrap(model).named_buffers())
+    for name, buffer in copy.named_buffers():
+        buffer.copy_(sources[name])
+    copy.load_state_dict(full_state_dict(model))
+    return copy
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -34,11 +34,15 @@ from evals import load_benchmark, render_prompt, resolve_benchmarks
 from rollout import Engine, TransformersEngine, load_engine, resolve_model_path
 from training import runlog
 from training.checkpoint import (
+    EXIT_STOPPED,
+    Stopped,
     TrainerState,
     best_checkpoint,
     latest_checkpoint,
     restore_training_state,
     save_checkpoint,
+    stop_on_signals,
+    stop_requested,
 )
 from training.collect import collect
 from training.config import PROFILES, RunConfig, apply_overrides, from_dict, to_dict
@@ -49,10 +53,10 @@ from training.distributed import (
     full_state_dict,
     init_distributed,
     is_sharded,
+    load_model,
     shutdown,
     unwrap,
-    wrap_frozen,
-    wrap_model,
+    whole_copy,
 )
 from training.evaluation import evaluate_rows, run_meta, select_score
 from training.memory import peak_memory_gib, reset_peak_memory
@@ -71,19 +75,20 @@ POLICY_KEYS += ("policy/clip_frac_low", "policy/clip_frac_high", "optim/grad_nor
 def train(config: RunConfig, resume: str = "auto", meta: dict[str, Any] | None = None) -> Path:
     """Run (or continue) the training run ``config`` describes; returns its run folder."""
     info = init_distributed()
-    try:
-        return _train(config, resume, meta or {}, info)
-    except BaseException as error:
-        # the traceback keeps _train's locals alive; DDP's reducer freed after its process group deadlocks (gloo's
-        # destructor joins a thread that waits for the GIL held by the freeing thread): free them before shutdown
-        traceback.clear_frames(error.__traceback__)
-        gc.collect()
-        raise
-    finally:
-        shutdown(info)
+    with stop_on_signals() as received:
+        try:
+            return _train(config, resume, meta or {}, info, received)
+        except BaseException as error:
+            # the traceback keeps _train's locals alive; DDP's reducer freed after its process group deadlocks
+            # (gloo's destructor joins a thread that waits for the GIL held by the freeing thread): free them first
+            traceback.clear_frames(error.__traceback__)
+            gc.collect()
+            raise
+        finally:
+            shutdown(info)
 
 
-def _train(config: RunConfig, resume: str, meta: dict[str, Any], info: DistInfo) -> Path:
+def _train(config: RunConfig, resume: str, meta: dict[str, Any], info: DistInfo, received: dict[str, int]) -> Path:
     start_time = time.perf_counter()
     hf_logging.disable_progress_bar()
     if config.cpu_threads is not None:
@@ -120,10 +125,8 @@ def _train(config: RunConfig, resume: str, meta: dict[str, Any], info: DistInfo)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if info.device.type == "cuda":  # refuse a run predicted not to fit before loading anything on the GPU
         check_capacity(config, info.world_size, torch.cuda.get_device_properties(info.device).total_memory / 2**30)
-    policy = _load_model(checkpoint or model_dir, info, config.model.attention)
-    if config.model.gradient_checkpointing:  # takes effect in train mode only: the update switches it (update.py)
-        policy.activation_checkpointing_enable()
-    trainer = wrap_model(policy, config.dist.strategy, info, config.model.compute_dtype)
+    compute_dtype = getattr(torch, config.model.compute_dtype)
+    trainer = load_model(model_dir, config, info)
     optim = config.optim
     optimizer = torch.optim.AdamW(
         trainer.parameters(), lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps,
@@ -137,20 +140,19 @@ def _train(config: RunConfig, resume: str, meta: dict[str, Any], info: DistInfo)
     np.random.seed(config.seed % 2**32)
     torch.manual_seed(config.seed + info.rank)
     if checkpoint is not None:
-        state = restore_training_state(checkpoint, optimizer, scheduler, info)
+        state = restore_training_state(checkpoint, trainer, optimizer, scheduler, info)
     else:
         state = TrainerState(0, 0, 0, 0, None, None, 0.0, info.world_size)
     reference = None
     if config.algorithm.kl_coef > 0:  # a frozen copy of the initial model (never the checkpoint's weights)
-        reference = _load_model(model_dir, info, config.model.attention).eval().requires_grad_(False)
-        reference = wrap_frozen(reference, config.dist.strategy, info, config.model.compute_dtype)
+        reference = load_model(model_dir, config, info, frozen=True)
     # An FSDP2 module cannot generate (ranks would run different numbers of forward passes, each a collective),
     # so the transformers engine samples from an unsharded copy refreshed after every update; DDP's module is
     # already whole. vLLM holds its own copy and gathers the shards itself in sync_weights.
     generator_model = unwrap(trainer)
     if is_sharded(trainer) and config.rollout.engine == "transformers":
-        generator_model = _load_model(checkpoint or model_dir, info, config.model.attention)
-    engine = _make_engine(config, checkpoint or model_dir, generator_model, tokenizer, info)
+        generator_model = whole_copy(trainer, model_dir, config.model.attention, info.device)
+    engine = _make_engine(config, model_dir, generator_model, tokenizer, info)
 
     # --- data -----------------------------------------------------------------------------------------------
     template = config.model.prompt_template
@@ -176,10 +178,13 @@ def _train(config: RunConfig, resume: str, meta: dict[str, Any], info: DistInfo)
     barrier(info)
 
     def checkpoint_now(state: TrainerState) -> None:
-        full_state = full_state_dict(trainer) if is_sharded(trainer) else None
+        # departs from issue 14 (a bfloat16 export): the export is in the compute dtype, so a float32 run's test
+        # evaluation of its best checkpoint sees the weights it trained
+        export = state.best_step == state.step or state.step == config.steps
         save_checkpoint(
-            run_dir, state, unwrap(trainer), full_state, tokenizer, optimizer, scheduler, info, config.logging.keep_last
-        )
+            run_dir, state, trainer, tokenizer, optimizer, scheduler, info, config.logging.keep_last,
+            export_dtype=compute_dtype if export else None,
+        )  # fmt: skip
 
     def validate(state: TrainerState) -> TrainerState:
         if not config.eval.every:
@@ -261,9 +266,14 @@ def _train(config: RunConfig, resume: str, meta: dict[str, Any], info: DistInfo)
         validating = bool(config.eval.every) and (step % config.eval.every == 0 or step == config.steps)
         if validating:
             state = validate(state)
-        if validating or step == config.steps or step % max(config.logging.checkpoint_every, 1) == 0:
+        stop = stop_requested(received, info)  # a signal's name; every rank stops after the same step
+        if stop or validating or step == config.steps or step % max(config.logging.checkpoint_every, 1) == 0:
             state = dataclasses.replace(state, wall_time_s=wall_time + time.perf_counter() - start_time)
             checkpoint_now(state)
+        if stop and step < config.steps:
+            log.write(f"stopping after step {step} on {stop}: checkpoint written, resume with --resume auto")
+            log.close()
+            raise Stopped(f"stopped after step {step} on {stop}")
 
     # --- the final evaluation of the best-on-dev checkpoint, then summary.json (last) ----------------------------
     best_step = state.best_step if state.best_step is not None else state.step
@@ -408,6 +418,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, CapacityError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except Stopped as error:
+        print(f"{error}; resume with --resume auto", file=sys.stderr)
+        return EXIT_STOPPED
     return 0
 
 
