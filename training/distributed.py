@@ -179,8 +179,8 @@ def load_model(model_dir: Path, config: RunConfig, info: DistInfo, frozen: bool 
 def empty_model(model_dir: Path, attention: str, dtype: torch.dtype) -> nn.Module:
     """The architecture of the HF model at ``model_dir`` on the meta device: no memory, no weights, no init."""
     config = AutoConfig.from_pretrained(model_dir)
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attention)
+    with torch.device("meta"):  # in eval mode, like from_pretrained
+        return AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attention).eval()
 
 
 def whole_copy(model: nn.Module, model_dir: Path, attention: str, device: torch.device) -> nn.Module:
