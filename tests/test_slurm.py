@@ -118,7 +118,7 @@ def test_warning_signal_saves_the_step_and_the_requeued_job_loses_none(cluster: 
     """``scancel --signal=USR2``: the trainer finishes its step and checkpoints it (the only checkpoint after step 0:
     no periodic ones, no validation), submitit requeues the job, and the next attempt resumes from exactly there."""
     out = tmp_path / "compare"
-    steps = 6
+    steps = 20  # a step of this tiny run takes 0.1-0.5 s: enough of them that the signal lands mid-run
     no_checkpoints = ["--set", "logging.checkpoint_every=100", "--set", "eval.every=0"]
     command = compare_command(out, model, "--steps", str(steps), *no_checkpoints, methods="grpo")
     launcher = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -132,7 +132,7 @@ def test_warning_signal_saves_the_step_and_the_requeued_job_loses_none(cluster: 
                     subprocess.run(["scancel", "--signal=USR2", signalled], check=True)
                     release(signalled, wait_s=120)
                     break
-            time.sleep(0.5)
+            time.sleep(0.05)
         assert signalled is not None, "the grpo run never reached step 2 while its job ran"
         output, _ = launcher.communicate(timeout=600)
     finally:

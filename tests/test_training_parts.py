@@ -143,6 +143,13 @@ def test_a_checkpoint_without_export_is_exported_on_demand(model_dir: Path, tmp_
     size = sum(p.stat().st_size for p in (folder / "state").iterdir())
     n = sum(p.numel() for p in model.parameters())
     assert 4 * n <= size < 4 * n + 100_000
+    # saved before the first update: a resume keeps the fresh optimiser (a zero-lr step would count in AdamW)
+    fresh = _load(random_tiny_model(tmp_path / "other", seed=7))
+    optimizer2 = torch.optim.AdamW(fresh.parameters(), lr=1e-3)
+    restore_training_state(
+        folder, fresh, optimizer2, torch.optim.lr_scheduler.LambdaLR(optimizer2, lambda s: 1.0), info
+    )
+    assert not optimizer2.state and all(torch.equal(fresh.state_dict()[k], v) for k, v in model.state_dict().items())
     assert checkpoint_main(["export", str(folder), "--dtype", "bfloat16"]) == 0
     exported = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     for name, value in model.state_dict().items():
