@@ -70,7 +70,7 @@ def child(size: str, variant: str) -> dict:
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     from training.batch import StepBatch
-    from training.distributed import init_distributed
+    from training.distributed import enable_activation_checkpointing, init_distributed
     from training.update import update_policy
 
     torch.set_num_threads(1)
@@ -96,7 +96,7 @@ def child(size: str, variant: str) -> dict:
     model_config = Qwen3Config(**shape, tie_word_embeddings=False, max_position_embeddings=PROMPT + RESPONSE)
     model = Qwen3ForCausalLM(model_config).eval()
     if config.model.gradient_checkpointing:
-        model.activation_checkpointing_enable()
+        enable_activation_checkpointing(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     Path("/proc/self/clear_refs").write_text("5")

@@ -35,6 +35,7 @@ from training.checkpoint import latest_checkpoint  # noqa: E402
 from training.checkpoint import main as checkpoint_main  # noqa: E402
 from training.config import DistConfig, ModelConfig, OptimConfig, RolloutConfig, tiny, with_algorithm  # noqa: E402
 from training.distributed import (  # noqa: E402
+    enable_activation_checkpointing,
     full_state_dict,
     init_distributed,
     load_model,
@@ -78,7 +79,7 @@ def one_update(
         mask_BT = torch.arange(batch.mask_BT.shape[1])[None, :] < lengths_B[:, None]
         batch = dataclasses.replace(batch, lengths_B=lengths_B, mask_BT=mask_BT)
     if scale:
-        model.activation_checkpointing_enable()
+        enable_activation_checkpointing(model)
     trainer = wrap_model(model, strategy, info, "float32")
     old_logp_BT, entropy_BT = batch_logps(trainer if strategy == "fsdp2" else unwrap(trainer), batch, config, info, 0)
     old_logp_BT = old_logp_BT - 0.05 * batch.mask_BT  # ratios away from 1, so clipping takes part

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from training.batch import StepBatch, sequence_logp
 from training.config import ModelConfig, OptimConfig, RolloutConfig, tiny, with_algorithm
-from training.distributed import init_distributed
+from training.distributed import enable_activation_checkpointing, init_distributed
 from training.tiny import random_tiny_model
 from training.update import (
     padded_tokens,
@@ -127,7 +127,7 @@ def test_gradient_checkpointing_saves_activations_in_train_mode_only_and_keeps_g
     batch = _batch([6] * 4, [40, 33, 25, 12], seed=3)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     plain_bytes, plain_grads = _saved_bytes_and_grads(model, batch)
-    model.activation_checkpointing_enable()
+    enable_activation_checkpointing(model)
     eval_bytes, _ = _saved_bytes_and_grads(model, batch)  # from_pretrained's eval mode: no checkpointing at all
     with training_mode(model):
         checkpointed_bytes, checkpointed_grads = _saved_bytes_and_grads(model, batch)

@@ -138,6 +138,15 @@ def wrap_frozen(model: nn.Module, strategy: Strategy, info: DistInfo, compute_dt
             assert_never(strategy)
 
 
+def enable_activation_checkpointing(model: nn.Module) -> None:
+    """Recompute each decoder layer's activations in the backward (transformers, train mode only).
+
+    transformers renamed ``gradient_checkpointing_enable`` to ``activation_checkpointing_enable`` (the old name warns
+    from 5.2x and goes in v6); 5.17, the version on the GPU image this was first run on, has only the old one."""
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
+
+
 def load_model(model_dir: Path, config: RunConfig, info: DistInfo, frozen: bool = False) -> nn.Module:
     """The HF model at ``model_dir`` for ``config.dist.strategy``: the policy (float32 master weights, gradient
     checkpointing as configured, ``wrap_model``) or, ``frozen``, the reference (in the compute dtype, eval mode,
@@ -157,7 +166,7 @@ def load_model(model_dir: Path, config: RunConfig, info: DistInfo, frozen: bool 
     if frozen:
         model.eval().requires_grad_(False)
     elif config.model.gradient_checkpointing:  # takes effect in train mode only: the update switches it (update.py)
-        model.activation_checkpointing_enable()
+        enable_activation_checkpointing(model)
     model = (
         wrap_frozen(model, strategy, info, compute_dtype)
         if frozen
