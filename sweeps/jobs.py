@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
 import submitit
 
@@ -100,13 +101,20 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def start_training(command: list[str], env: dict[str, str], log: IO[str]) -> subprocess.Popen:
+    """The training process, its output appended to ``log``, SIGUSR2 ignored until the trainer handles it."""
+    return subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_ignore_warning_signal
+    )
+
+
 def _ignore_warning_signal() -> None:
     """In the training process before it starts: torchrun ignores SIGUSR2 (by default it would die of it and its
     workers would lose their parent); the trainer installs its own handler, its workers too."""
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
 
 
-def _wait(process: subprocess.Popen) -> int:
+def wait_sliced(process: subprocess.Popen) -> int:
     """``process.wait()`` in short slices: a blocking wait would hold the lock that ``checkpoint()``'s wait needs."""
     while True:
         try:
@@ -141,11 +149,8 @@ class TrainJob(submitit.helpers.Checkpointable):
         env = os.environ | {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false"}
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
         with (run_dir / LOG_FILE).open("a") as log:
-            self._process = subprocess.Popen(
-                resolve_placeholders(self.command), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                preexec_fn=_ignore_warning_signal,
-            )  # fmt: skip
-            code = _wait(self._process)
+            self._process = start_training(resolve_placeholders(self.command), env, log)
+            code = wait_sliced(self._process)
         if not first_task:
             if code != 0:
                 raise RuntimeError(f"run {run_dir.name}: this node's torchrun exited with {code}")
