@@ -31,40 +31,69 @@ class Results:
 
 
 def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text())
+    """A JSON object; anything else is a ValueError naming the file."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} ({error})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} (not a JSON object)")
+    return data
 
 
 def _read_jsonl(path: Path) -> list[dict]:
+    """The rows of a JSON Lines file; only its last line may be torn (a run killed mid-write), a bad line before
+    it is a ValueError naming the file and line."""
     if not path.is_file():
         return []
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} ({error})") from None
     rows = []
-    for line in path.read_text().splitlines():
+    for number, line in enumerate(lines, start=1):
         if line.strip():
             try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:  # a torn last line of a run that was killed mid-write
-                continue
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                if number == len(lines):  # a torn last line of a run that was killed mid-write
+                    continue
+                raise ValueError(f"{path}:{number} (not a JSON line)") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{number} (not a JSON object)")
+            rows.append(row)
     return rows
 
 
 def find_run_dirs(paths: list[Path]) -> dict[str, list[Path]]:
     """Sweep name -> run folders. A path may be a run folder, a sweep folder, or a root holding sweep folders."""
     found: dict[str, list[Path]] = {}
+    folders: dict[str, Path] = {}  # sweep name -> its folder: two folders of one name would mix their rows
+
+    def add(sweep: Path, runs: list[Path]) -> None:
+        here = sweep.resolve()
+        if folders.setdefault(sweep.name, here) != here:
+            raise ValueError(
+                f"two sweep folders are named {sweep.name!r}: {folders[sweep.name]} and {here}; "
+                "pass one of them (or rename one)"
+            )
+        found.setdefault(sweep.name, []).extend(run for run in runs if run not in found.get(sweep.name, []))
+
     for path in paths:
         path = Path(path)
         if not path.is_dir():
             raise ValueError(f"not a directory: {path}")
         if (path / "config.json").is_file():
-            found.setdefault(path.parent.name, []).append(path)
+            add(path.parent, [path])
             continue
         runs = sorted(p for p in path.iterdir() if (p / "config.json").is_file())
         if runs:
-            found.setdefault(path.name, []).extend(runs)
+            add(path, runs)
             continue
         for sweep in sorted(p for p in path.iterdir() if p.is_dir()):
             runs = sorted(p for p in sweep.iterdir() if (p / "config.json").is_file())
             if runs:
-                found.setdefault(sweep.name, []).extend(runs)
+                add(sweep, runs)
     return found
 
 
@@ -133,9 +162,14 @@ def load_results(paths: list[Path]) -> Results:
     in_progress: list[str] = []
     not_planned: list[str] = []
     sweeps: dict[str, dict] = {}
+    unreadable: list[str] = []  # every file that cannot be read, all named in one error at the end
     for sweep, run_dirs in find_run_dirs(paths).items():
         sweep_file = run_dirs[0].parent / "sweep.json"
-        sweeps[sweep] = _read_json(sweep_file) if sweep_file.is_file() else {}
+        try:
+            sweeps[sweep] = _read_json(sweep_file) if sweep_file.is_file() else {}
+        except ValueError as error:
+            unreadable.append(str(error))
+            sweeps[sweep] = {}
         planned = {run for arm in sweeps[sweep].get("arms", []) for run in arm.get("runs", [])}
         for run_dir in run_dirs:
             if planned and run_dir.name not in planned:  # same arm names, other settings: never mix them in
@@ -144,9 +178,16 @@ def load_results(paths: list[Path]) -> Results:
             if not (run_dir / "summary.json").is_file():
                 in_progress.append(f"{sweep}/{run_dir.name}")
                 continue
-            arm, seed = run_identity(run_dir)
-            evals += _eval_rows(sweep, run_dir, arm, seed)
-            curves += _curve_rows(sweep, run_dir, arm, seed)
+            try:
+                arm, seed = run_identity(run_dir)
+                evals += _eval_rows(sweep, run_dir, arm, seed)
+                curves += _curve_rows(sweep, run_dir, arm, seed)
+            except ValueError as error:
+                unreadable.append(str(error))
+            except (KeyError, TypeError) as error:  # a row without a field analysis needs
+                unreadable.append(f"{run_dir} (a row lacks or mistypes {error})")
+    if unreadable:
+        raise ValueError(f"cannot read {len(unreadable)} file(s): " + "; ".join(unreadable))
     return Results(
         evals=pd.DataFrame(evals, columns=EVAL_COLUMNS),
         curves=pd.DataFrame(curves, columns=CURVE_COLUMNS),

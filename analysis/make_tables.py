@@ -172,20 +172,39 @@ def make_report(paths: list[Path], out_dir: Path, baseline: str = "grpo") -> Res
     return results
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def check_baseline(results: Results, baseline: str) -> None:
+    """A baseline given on the command line must be an arm of every sweep with finished runs (else the Δ column
+    would silently vanish)."""
+    for sweep in results.sweeps:
+        arms = _arms_in_order(results, sweep)
+        if arms and baseline not in arms:
+            raise ValueError(f"--baseline {baseline!r} is not an arm of sweep {sweep} (its arms: {', '.join(arms)})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="make_tables.py", description=__doc__.split("\n")[0])
+    parser.error = lambda message: parser.exit(2, f"{parser.prog}: error: {message} (see --help)\n")  # one line
     parser.add_argument("paths", nargs="*", type=Path, help="sweep or run folders (default: results/)")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "report")
-    parser.add_argument("--baseline", default="grpo", help="arm the main table's Δ column compares against")
+    parser.add_argument("--baseline", help="arm the main table's Δ column compares against (default: grpo)")
     args = parser.parse_args(argv)
     paths = args.paths or [REPO / "results"]
-    results = make_report(paths, args.out, args.baseline)
+    try:
+        if args.out.exists() and not args.out.is_dir():
+            raise ValueError(f"--out {args.out}: exists and is not a folder")
+        if args.baseline is not None:
+            check_baseline(load_results(paths), args.baseline)
+        results = make_report(paths, args.out, args.baseline or "grpo")
+    except ValueError as error:
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 2
     for run in results.in_progress:
         print(f"in progress, left out: {run}")
     for run in results.not_planned:
         print(f"not in its sweep.json, left out: {run}")
     print(f"report: {args.out / 'index.md'} ({results.evals['run'].nunique()} finished runs)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -6,9 +6,11 @@ No box is ``no_answer`` and incorrect, the protocol of the paper this suite repr
 
 Model output is untrusted. Nothing in it is executed: math-verify parses LaTeX with an ANTLR grammar into sympy
 objects, and its only ``eval`` (sympy ``parse_expr``) sees text matched by a regex of digits, spaces and
-``.+-*/^()×÷``, which cannot name anything. Extracted answers over ``MAX_ANSWER_CHARS`` are ``parse_error``
-without being parsed. sympy can still hang (``9^{9^{9^{9}}}``, 30 nested parentheses take 5 s in the parser), and
-math-verify's own ``signal.alarm`` timeouts only work in a main thread, so every math-verify call runs in a
+``.+-*/^()×÷``, which cannot name anything. Responses over ``MAX_RESPONSE_CHARS`` and extracted answers over
+``MAX_ANSWER_CHARS`` are ``parse_error`` without being parsed, and the parent's own work (a linear box search, a
+depth-limited evaluator) is bounded on any string; whatever it still raises on one response grades that response
+``parse_error``, never the batch. sympy can still hang (``9^{9^{9^{9}}}``, 30 nested parentheses take 5 s in the
+parser), and math-verify's own ``signal.alarm`` timeouts only work in a main thread, so every math-verify call runs in a
 persistent pool of worker processes; a worker past ``timeout_s`` is killed and replaced, and the pair is graded
 ``timeout`` (incorrect). The parent keeps a cache keyed on the normalised (answer, gold) pair and decides what it
 can prove itself (``evals.fast_verdict``, tested against math-verify): identical strings, plain numbers (with units,
@@ -40,6 +42,7 @@ from evals.fast_verdict import fast_verdict, math_verify_form, normalize_answer
 Status = Literal["ok", "no_answer", "parse_error", "timeout"]
 STATUSES: tuple[Status, ...] = ("ok", "no_answer", "parse_error", "timeout")
 MAX_ANSWER_CHARS = 512  # the longest gold answer in ../shared/data is 210 characters
+MAX_RESPONSE_CHARS = 1 << 20  # 8,192 tokens are ~40 k characters; longer is parse_error before any parsing
 CACHE_SIZE = 1 << 18
 WORKER_START_TIMEOUT_S = 120.0  # importing sympy + math-verify takes ~0.5 s on an idle core
 WORKER_MEMORY_BYTES = 4 << 30  # address-space cap of a worker: a runaway sympy computation fails instead of swapping
@@ -63,16 +66,18 @@ _BRACE_TOKEN = re.compile(r"\\.|[{}]", re.DOTALL)  # an escaped character (\{ is
 def extract_boxed(response: str) -> str | None:
     """Content of the last ``\\boxed{...}`` / ``\\fbox{...}`` with balanced braces; None if absent or unclosed.
 
-    ``\\boxed 5`` (Hendrycks et al. 2021's other form) gives the next whitespace-free token.
+    ``\\boxed 5`` (Hendrycks et al. 2021's other form) gives the next whitespace-free token. Linear in the length:
+    each command name's search only moves backwards (``\\boxedx`` after many ``\\fbox`` rescans nothing).
     """
-    end = len(response)
+    found = {name: response.rfind(name) for name in ("\\boxed", "\\fbox")}
     while True:  # the last \boxed or \fbox that is a whole command (not \boxedx)
-        end = max(response.rfind("\\boxed", 0, end), response.rfind("\\fbox", 0, end))
+        name, end = max(found.items(), key=lambda item: item[1])
         if end < 0:
             return None
         command = _BOX_COMMAND.match(response, end)
         if command:
             break
+        found[name] = response.rfind(name, 0, end)
     rest = response[command.end() :]
     stripped = rest.lstrip()
     if not stripped.startswith("{"):
@@ -278,24 +283,13 @@ class _Grader:
             for i, (response, gold) in enumerate(pairs):
                 if not isinstance(response, str) or not isinstance(gold, str):
                     raise ValueError(f"pairs[{i}] must be two strings, got ({type(response)}, {type(gold)})")
-                extracted = extract_boxed(response)
-                if extracted is None:
-                    grades[i] = Grade(False, None, "no_answer")
+                if len(response) > MAX_RESPONSE_CHARS:  # before any parsing: the parent's work stays bounded
+                    grades[i] = Grade(False, None, "parse_error")
                     continue
-                if len(extracted) > MAX_ANSWER_CHARS or len(gold) > MAX_ANSWER_CHARS:
-                    grades[i] = Grade(False, extracted if len(extracted) <= MAX_ANSWER_CHARS else None, "parse_error")
-                    continue
-                key = (normalize_answer(extracted), normalize_answer(gold))
-                if not key[0] or not key[1]:
-                    grades[i] = Grade(False, extracted, "parse_error")
-                    continue
-                known = self.cache.get(key)
-                if known is None and (fast := fast_verdict(*key)) is not None:
-                    known = self.cache[key] = (fast, "ok")  # a pair repeats within and across batches
-                if known is not None:
-                    grades[i] = Grade(known[0], extracted, known[1])
-                else:
-                    todo.setdefault(key, []).append((i, extracted))
+                try:
+                    grades[i] = self._in_parent(i, response, gold, todo)
+                except (RecursionError, MemoryError, ValueError, ArithmeticError):  # one bad response, not the batch
+                    grades[i] = Grade(False, None, "parse_error")
             keys = _schedule(todo)
             for key, verdict in zip(keys, self.pool.run(keys, workers, timeout_s), strict=True):
                 self.cache[key] = verdict
@@ -304,6 +298,24 @@ class _Grader:
             while len(self.cache) > CACHE_SIZE:
                 self.cache.popitem(last=False)
         return grades  # type: ignore[return-value]
+
+    def _in_parent(self, i: int, response: str, gold: str, todo: dict) -> Grade | None:
+        """What the parent decides alone (extraction, the cache, ``fast_verdict``); None: queued in ``todo``."""
+        extracted = extract_boxed(response)
+        if extracted is None:
+            return Grade(False, None, "no_answer")
+        if len(extracted) > MAX_ANSWER_CHARS or len(gold) > MAX_ANSWER_CHARS:
+            return Grade(False, extracted if len(extracted) <= MAX_ANSWER_CHARS else None, "parse_error")
+        key = (normalize_answer(extracted), normalize_answer(gold))
+        if not key[0] or not key[1]:
+            return Grade(False, extracted, "parse_error")
+        known = self.cache.get(key)
+        if known is None and (fast := fast_verdict(*key)) is not None:
+            known = self.cache[key] = (fast, "ok")  # a pair repeats within and across batches
+        if known is not None:
+            return Grade(known[0], extracted, known[1])
+        todo.setdefault(key, []).append((i, extracted))
+        return None
 
 
 def _schedule(todo: dict[tuple[str, str], list]) -> list[tuple[str, str]]:

@@ -41,6 +41,7 @@ _CLOSERS = {")", "]", "}", "\\}"}
 _RELATIVE_GAP = 1e-5  # "far apart": |a - b| > 1e-5 * max(1, every magnitude met), math-verify rounds to 1e-6
 _MAX_EXPONENT = 20
 _MAX_MAGNITUDE = 1e60
+_MAX_DEPTH = 40  # nested groups and signs read before refusing: the reader declines instead of recursing deeper
 
 
 class _Refuse(Exception):
@@ -78,6 +79,7 @@ class _Reader:
         self.position = 0
         self.scale = 1.0
         self.letters = 0  # letters read so far (no square root of a variable: see latex_shape)
+        self.depth = 0  # nesting of sum() and signed chain() calls now open
 
     def peek(self) -> str | None:
         return self.tokens[self.position][1] if self.position < len(self.tokens) else None
@@ -99,13 +101,20 @@ class _Reader:
             raise _Refuse  # a (nearly) zero divisor: math-verify decides
         return value
 
+    def deeper(self) -> None:
+        self.depth += 1
+        if self.depth > _MAX_DEPTH:
+            raise _Refuse  # ((((...)))) or - - - ...: math-verify decides (in a worker, under its timeout)
+
     def sum(self) -> complex:
         """``product (( + | - ) product)*``."""
+        self.deeper()
         value = self.product()
         while self.peek() in ("+", "-"):
             sign = self.take()[1]
             term = self.product()
             value = self.note(value + term if sign == "+" else value - term)
+        self.depth -= 1
         return value
 
     def product(self) -> complex:
@@ -124,7 +133,10 @@ class _Reader:
         ``f(x)`` a function)."""
         if self.peek() in ("+", "-"):
             sign = self.take()[1]
-            return self.note(-self.chain()) if sign == "-" else self.chain()
+            self.deeper()
+            value = self.note(-self.chain()) if sign == "-" else self.chain()
+            self.depth -= 1
+            return value
         value = self.power()
         while self.position < len(self.tokens) and (
             self.tokens[self.position][0] == "letter" or self.peek() in ("\\pi", "\\sqrt")

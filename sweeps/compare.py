@@ -38,6 +38,8 @@ METHODS = (
 def parse_methods(text: str | None) -> tuple[str, ...]:
     """A comma list of presets (default: METHODS); GRPO is always included, first, as the reference."""
     names = METHODS if text is None else tuple(n.strip() for n in text.split(",") if n.strip())
+    if not names:
+        raise ValueError(f"--methods {text!r} names no method; choose from: {', '.join(ALGORITHMS)}")
     for name in names:
         if name not in ALGORITHMS:
             raise ValueError(f"unknown method {name!r} in --methods; choose from: {', '.join(ALGORITHMS)}")

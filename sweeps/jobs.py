@@ -17,7 +17,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -123,6 +125,25 @@ def wait_sliced(process: subprocess.Popen) -> int:
             continue
 
 
+@contextlib.contextmanager
+def forwarding_signals(process: subprocess.Popen) -> Iterator[None]:
+    """While in the block, a SIGTERM or SIGINT sent to this process (submitit's job process, which itself ignores
+    SIGTERM) is passed on to the training process, which saves its step and exits, and is waited for: a trainer is
+    never left running behind a stopped launcher (issue 16). Only the main thread can set handlers."""
+
+    def forward(signum: int, frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signum)
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)} if main_thread else {}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 class TrainJob(submitit.helpers.Checkpointable):
     """Run one training run to completion; ``checkpoint()`` (inherited) resubmits it unchanged on preemption."""
 
@@ -150,7 +171,8 @@ class TrainJob(submitit.helpers.Checkpointable):
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
         with (run_dir / LOG_FILE).open("a") as log:
             self._process = start_training(resolve_placeholders(self.command), env, log)
-            code = wait_sliced(self._process)
+            with forwarding_signals(self._process):
+                code = wait_sliced(self._process)
         if not first_task:
             if code != 0:
                 raise RuntimeError(f"run {run_dir.name}: this node's torchrun exited with {code}")

@@ -9,11 +9,14 @@ The launcher knows no algorithm: it writes each ``config.json`` and runs ``pytho
 """
 
 import argparse
+import contextlib
 import dataclasses
 import importlib
 import json
+import math
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -25,10 +28,12 @@ from typing import Literal, assert_never
 import submitit
 from submitit.slurm.slurm import _make_sbatch_string
 
+from evals.cli import one_line_errors
 from sweeps.jobs import REPO, TrainJob, read_launch, record_event, train_command
-from sweeps.options import add_sweep_args
+from sweeps.options import add_sweep_args, check_sweep_args
 from sweeps.spec import Run, Sweep, plan, plan_markdown, sweep_runs, write_plan
 from training.config import to_dict
+from training.runlog import lock_holder
 
 Executor = Literal["local", "slurm", "debug"]
 CLUSTERS = Path(__file__).resolve().parent / "clusters"  # named cluster profiles: <name>.json
@@ -75,7 +80,12 @@ def load_cluster(profile: str | None, **overrides: object) -> Cluster:
         if not path.is_file():
             names = sorted(p.stem for p in CLUSTERS.glob("*.json"))
             raise ValueError(f"--cluster {profile!r}: no such file or profile (profiles: {', '.join(names)})")
-        data = json.loads(path.read_text())
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ValueError(f"--cluster {path}: cannot read it as JSON ({error})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"--cluster {path}: not a JSON object")
     data |= {k: v for k, v in overrides.items() if v is not None}
     fields = {f.name for f in dataclasses.fields(Cluster)}
     unknown = sorted(set(data) - fields)
@@ -88,13 +98,23 @@ def load_cluster(profile: str | None, **overrides: object) -> Cluster:
         raise ValueError(
             f"cluster nodes={cluster.nodes} must be >= 1 and signal_delay_s={cluster.signal_delay_s} >= 40"
         )
+    minimum = {"time_min": 1, "gpus": 0, "cpus": 1, "array_parallelism": 1}
+    for key, low in minimum.items():
+        value = getattr(cluster, key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"cluster {key}={value!r}: must be an integer >= {low}")
+    if cluster.mem_gb is not None and not (isinstance(cluster.mem_gb, int | float) and 0 < cluster.mem_gb < math.inf):
+        raise ValueError(f"cluster mem_gb={cluster.mem_gb!r}: must be a number > 0")
     return cluster
 
 
-def run_state(run_dir: Path) -> Literal["done", "partial", "new"]:
-    """done: summary.json; partial: training started (metrics or checkpoints); new: nothing trained yet."""
+def run_state(run_dir: Path) -> Literal["done", "running", "partial", "new"]:
+    """done: summary.json; running: a live trainer holds the folder's lock (started elsewhere, or by a launcher
+    that was killed); partial: training started (metrics or checkpoints); new: nothing trained yet."""
     if (run_dir / "summary.json").is_file():
         return "done"
+    if lock_holder(run_dir) is not None:
+        return "running"
     if (run_dir / "metrics.jsonl").is_file() or (run_dir / "checkpoints").is_dir():
         return "partial"
     return "new"
@@ -173,9 +193,40 @@ def _finish_message(run: Run, started: float) -> tuple[bool, str]:
 
 
 def _wait_local(executor: submitit.Executor, jobs: list[tuple[Run, TrainJob]], parallel: int) -> list[Run]:
-    """Keep ``parallel`` runs going until all have ended; return the failed ones."""
+    """Keep ``parallel`` runs going until all have ended; return the failed ones.
+
+    A SIGTERM or SIGINT to the launcher starts nothing more, is passed on to every running job (each passes it to
+    its trainer) and waited for: no trainer is left running behind a dead launcher, and a re-launch resumes."""
     pending, running, failed = list(jobs), [], []
-    total, ended = len(jobs), 0
+    stopping: list[int] = []
+
+    def stop(signum: int, frame: object) -> None:
+        if not stopping:
+            print(f"signal {signal.Signals(signum).name}: stopping {len(running)} running run(s)", flush=True)
+        stopping.append(signum)
+        pending.clear()
+        for _, job, _ in running:
+            controller = getattr(job, "_process", None)  # submitit's local controller: it forwards SIGTERM to
+            if controller is not None:  # the job, which forwards it to the trainer (sweeps.jobs)
+                with contextlib.suppress(ProcessLookupError):
+                    controller.send_signal(signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        _poll_local(executor, pending, running, failed, parallel, len(jobs))
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if stopping:
+        raise SystemExit(128 + stopping[0])
+    return failed
+
+
+def _poll_local(
+    executor: submitit.Executor, pending: list, running: list, failed: list[Run], parallel: int, total: int
+) -> None:
+    """Start pending jobs up to ``parallel`` at a time and report each as it ends, until none is left."""
+    ended = 0
     while pending or running:
         while pending and len(running) < parallel:
             run, job = pending.pop(0)
@@ -189,7 +240,6 @@ def _wait_local(executor: submitit.Executor, jobs: list[tuple[Run, TrainJob]], p
             if not ok:
                 failed.append(item[0])
         time.sleep(POLL_S)
-    return failed
 
 
 def _wait_slurm(runs: list[Run], job_ids: list[str]) -> list[Run]:
@@ -217,7 +267,10 @@ def launch(sweep: Sweep, runs: list[Run], sweep_dir: Path, options: LaunchOption
     ]
     print(f"sweep {sweep.name}: {len(runs)} runs in {sweep_dir}")
     for run in runs:
-        action = {"done": "skip (summary.json)", "new": "start", "partial": "resume"}[states[run.run_id]]
+        holder = f"pid {lock_holder(Path(run.config.out_dir))}"
+        action = {"done": "skip (summary.json)", "running": f"skip (running: {holder})", "new": "start"}.get(
+            states[run.run_id], "resume"
+        )
         if states[run.run_id] == "partial" and options.resume == "skip":
             action = "leave (partial, --resume skip)"
         print(f"  {run.run_id:44s} {run.arm:28s} seed {run.seed}  {action}")
@@ -232,8 +285,11 @@ def launch(sweep: Sweep, runs: list[Run], sweep_dir: Path, options: LaunchOption
             print(sbatch_script(options.cluster, sweep.name, folder, len(todo)))
         return []
     write_plan(sweep, runs, sweep_dir)
+    running = [run.run_id for run in runs if states[run.run_id] == "running"]
+    if running:
+        print(f"{len(running)} run(s) already running elsewhere, left to their trainer: {', '.join(running)}")
     if not todo:
-        print("nothing to run: every run has summary.json")
+        print("nothing to run: every run has summary.json" + (" or is running" if running else ""))
         return []
     if any(run.config.model.path is None for run in todo):
         from training.tiny import ensure_tiny_model  # build the embedded model once, before runs race for it
@@ -298,6 +354,9 @@ def add_launch_args(parser: argparse.ArgumentParser) -> None:
 def launch_options(args: argparse.Namespace) -> LaunchOptions:
     """LaunchOptions from parsed ``add_launch_args`` flags."""
     keys = ("partition", "account", "qos", "time_min", "gpus", "nodes", "cpus", "mem_gb", "array_parallelism")
+    for flag, value, low in (("--parallel", args.parallel, 1), ("--threads", args.threads, 1)):
+        if value is not None and value < low:
+            raise ValueError(f"{flag} {value}: must be >= {low}")
     cluster = load_cluster(args.cluster, **{k: getattr(args, k) for k in keys})
     if cluster.nodes > 1 and args.executor != "slurm":
         raise ValueError(f"--nodes {cluster.nodes}: several nodes need --executor slurm")
@@ -320,33 +379,44 @@ def sweep_main(
     prog: str | None = None,
 ) -> int:
     """The command line of every sweep file: its own flags, the shared-settings flags, the launcher's flags."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = one_line_errors(argparse.ArgumentParser(prog=prog, description=description))
     add_args(parser)
     add_sweep_args(parser)
     add_launch_args(parser)
     args = parser.parse_args(argv)
-    try:
-        sweep = build(args)
+    try:  # every flag and every run's config checked before anything is written
+        check_sweep_args(args)
         options = launch_options(args)
+        sweep = build(args)
+        sweep_dir = Path(args.out) if args.out else REPO / "results" / sweep.name
+        if sweep_dir.exists() and not sweep_dir.is_dir():
+            raise ValueError(f"--out {sweep_dir}: exists and is not a folder")
+        runs = sweep_runs(sweep, sweep_dir)
     except ValueError as error:  # a user's bad input: one line naming the culprit
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2
-    sweep_dir = Path(args.out) if args.out else REPO / "results" / sweep.name
-    failed = launch(sweep, sweep_runs(sweep, sweep_dir), sweep_dir, options)
+    failed = launch(sweep, runs, sweep_dir, options)
     return 1 if failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m sweeps.launch <sweep file> [flags]``: the file's ``build`` and ``add_args`` define the sweep."""
     argv = sys.argv[1:] if argv is None else argv
+    usage = "usage: python -m sweeps.launch sweeps/<name>.py [flags] (--help after the file lists them)"
+    if argv[:1] in (["-h"], ["--help"]):
+        print(usage + "\n\n" + __doc__)
+        return 0
     if not argv or argv[0].startswith("-"):
-        print("usage: python -m sweeps.launch sweeps/<name>.py [flags] (--help after the file lists them)")
+        print(f"sweeps.launch: error: the first argument must be a sweep file; {usage}", file=sys.stderr)
         return 2
     path = Path(argv[0]).resolve()
     if path.parent != Path(__file__).resolve().parent or not path.is_file():
         print(f"sweeps.launch: error: {argv[0]} is not a sweep file in {Path(__file__).parent}", file=sys.stderr)
         return 2
     module = importlib.import_module(f"sweeps.{path.stem}")
+    if not (hasattr(module, "build") and hasattr(module, "add_args")):
+        print(f"sweeps.launch: error: {argv[0]} defines no sweep (no build and add_args)", file=sys.stderr)
+        return 2
     return sweep_main(module.build, module.add_args, argv[1:], module.__doc__.split("\n")[0], prog=argv[0])
 
 

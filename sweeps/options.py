@@ -7,9 +7,12 @@ benchmarks, then any ``--set section.field=value`` overrides through the trainin
 
 import argparse
 import dataclasses
+import math
 from pathlib import Path
 
 from algorithms.types import Aggregation
+from evals import resolve_benchmarks
+from rollout.model_dir import check_model_dir, looks_like_hub_id
 from sweeps.spec import Shared, shared_settings
 from training.config import PROFILES, RunConfig, apply_overrides
 
@@ -37,6 +40,28 @@ def add_sweep_args(parser: argparse.ArgumentParser) -> None:
     shared.add_argument("--max-new-tokens", type=int)
     shared.add_argument("--kl-coef", type=float, help="default: the reference method's")
     shared.add_argument("--aggregation", choices=AGGREGATIONS, help="for methods that do not define their own")
+
+
+def check_sweep_args(args: argparse.Namespace) -> None:
+    """The shared flags, checked before any config is built (a ValueError names the flag): counts >= 1, a finite
+    learning rate > 0, a KL coefficient >= 0, a model folder that holds a model (dry runs too)."""
+    for flag, value in (("--seeds", args.seeds), ("--steps", args.steps), ("--group-size", args.group_size),
+                        ("--max-new-tokens", args.max_new_tokens)):  # fmt: skip
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} {value}: must be >= 1")
+    if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
+        raise ValueError(f"--lr {args.lr}: must be a finite number > 0")
+    if args.kl_coef is not None and not (math.isfinite(args.kl_coef) and args.kl_coef >= 0):
+        raise ValueError(f"--kl-coef {args.kl_coef}: must be a finite number >= 0")
+    if args.model is not None and not looks_like_hub_id(args.model):
+        check_model_dir(args.model, "--model")
+    for flag in ("benchmarks", "dev", "train"):
+        value = getattr(args, flag)
+        if value is not None:
+            try:
+                resolve_benchmarks(value)
+            except ValueError as error:
+                raise ValueError(f"--{flag} {value!r}: {error}") from None
 
 
 def base_config(args: argparse.Namespace) -> RunConfig:

@@ -9,11 +9,13 @@ or value is a one-line ``ValueError`` naming it. Profiles (``tiny``, ``paper``) 
 import dataclasses
 import hashlib
 import json
+import math
 import types
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from algorithms import ALGORITHMS, PRESET_OPTIM, Algorithm, get_algorithm
+from training.checks import check_config
 
 Engine = Literal["transformers", "vllm"]
 Strategy = Literal["ddp", "fsdp2"]
@@ -156,7 +158,7 @@ class RunConfig:
     steps: int = 100  # the embedded default (its time and held-out gain: README, "The embedded default")
     seed: int = 0
     tag: str = ""
-    out_dir: str | None = None  # None: results/local/<run_id>
+    out_dir: str | None = None  # None: <this repository>/results/local/<run_id> (runlog.run_dir_of)
     cpu_threads: int | None = 1  # torch.set_num_threads; None keeps torch's default
     fault_nan_at_step: int | None = None  # testing only: make the loss NaN at this step
 
@@ -220,6 +222,7 @@ class RunConfig:
         rows = self.rollout.prompts_per_step * self.rollout.group_size
         if rows % self.optim.mini_batches:
             raise ValueError(f"optim.mini_batches={self.optim.mini_batches} must divide P*G = {rows} rows")
+        check_config(self)  # finite floats, ranges and the names that need a registry
 
     @property
     def run_id(self) -> str:
@@ -378,6 +381,8 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
     if hint is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ValueError(f"{name}={value!r} must be a finite number")
         return float(value)
     if hint is str and isinstance(value, str):
         return value

@@ -47,7 +47,7 @@ def evaluate_rows(
         seed=derive_seed(config.seed, "eval", split, step) % 2**31,
         grade_workers=config.rollout.grade_workers,
         timeout_s=config.rollout.grade_timeout_s,
-        progress=False,
+        progress=split == "test" and config.logging.progress_bar and info.is_main,  # the final test: a bar with ETA
         shard=eval_shard(config, info),
     )
     rows = []

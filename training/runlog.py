@@ -3,19 +3,89 @@
 ``metrics.jsonl`` (one object per step), ``eval.jsonl`` and ``samples.jsonl`` are appended to and flushed line by
 line; non-finite floats are written as ``null`` so every line is strict JSON. On resume each file is cut back to
 the checkpoint's step first, so no step is missing or repeated. Only rank 0 writes. TensorBoard and W&B mirror
-``metrics.jsonl`` when installed and switched on; analysis never reads them.
+``metrics.jsonl`` when installed (``pip install -e '.[track]'``) and switched on (``--logging.tensorboard=true``:
+``<run>/tensorboard/``; ``--logging.wandb=true``: ``<run>/wandb/``, one W&B run per run folder, continued on resume);
+analysis never reads them.
 """
 
+import errno
+import fcntl
+import hashlib
 import json
 import math
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from tqdm import tqdm
 
 METRICS, EVAL, SAMPLES, SUMMARY, CONFIG = "metrics.jsonl", "eval.jsonl", "samples.jsonl", "summary.json", "config.json"
+LOCK = "trainer.lock"  # flock-ed by the one trainer writing the folder; holds its pid
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_dir_of(config: Any) -> Path:
+    """Where a run is written: ``out_dir``, else ``results/local/<run_id>`` in this repository (where
+    ``analysis/make_tables.py`` looks by default), wherever the command was started from."""
+    return Path(config.out_dir) if config.out_dir else REPO / "results" / "local" / config.run_id
+
+
+class RunLocked(RuntimeError):
+    """Another live process holds the run folder's lock."""
+
+
+def lock_run_dir(run_dir: Path) -> IO[str]:
+    """Take the run folder's exclusive lock for this process: one run, one writer.
+
+    An ``fcntl.flock`` on ``<run_dir>/trainer.lock``, held as long as the returned file stays open; the OS
+    releases it when the process dies however it dies (kill -9 included), so a stale lock cannot exist. The
+    file holds the holder's pid. Raises ``RunLocked`` naming that pid when another process holds it."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(run_dir / LOCK, "a+")  # noqa: SIM115 (held open for the trainer's life)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        handle.close()
+        if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise
+        holder = lock_holder(run_dir)
+        raise RunLocked(
+            f"{run_dir} is being written by another trainer (pid {holder if holder and holder > 0 else 'unknown'}); "
+            "wait for it to end or stop it first"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def remove_unstarted(run_dir: Path) -> None:
+    """Remove a run folder this trainer created when its start failed before the step-0 checkpoint."""
+    if not any((Path(run_dir) / "checkpoints").glob("step_*")):
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def lock_holder(run_dir: Path) -> int | None:
+    """The pid of the live process holding the run folder's lock, or None when nobody holds it.
+
+    Probes with a non-blocking shared lock (released at once), so asking never blocks a trainer."""
+    path = Path(run_dir) / LOCK
+    if not path.is_file():
+        return None
+    with open(path) as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            text = handle.read().strip()
+            return int(text) if text.isdigit() else -1
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return None
 
 
 def _finite(value: Any) -> Any:
@@ -74,6 +144,13 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def wandb_run_id(run_dir: Path, run_name: str) -> str:
+    """The W&B run id of a run folder: its name and a hash of its absolute path, the same on every attempt, so a
+    resumed run continues its W&B run instead of starting a new one."""
+    digest = hashlib.sha256(str(Path(run_dir).resolve()).encode()).hexdigest()[:8]
+    return f"{run_name}-{digest}"
+
+
 class RunLog:
     """Appends rows to the run files (rank 0 only; other ranks get a log that writes nothing)."""
 
@@ -103,7 +180,10 @@ class RunLog:
             try:
                 import wandb
 
-                self.wandb = wandb.init(project=wandb_project, name=run_name, config=config, resume="allow")
+                self.wandb = wandb.init(
+                    project=wandb_project, name=run_name, config=config, dir=str(self.run_dir),
+                    id=wandb_run_id(self.run_dir, run_name), resume="allow",
+                )  # fmt: skip
             except ImportError:
                 self.bar.write("logging.wandb: wandb is not installed; not mirroring")
 
@@ -126,6 +206,7 @@ class RunLog:
         if self.tensorboard is not None:
             for key, value in numbers.items():
                 self.tensorboard.add_scalar(key, value, row["step"])
+            self.tensorboard.flush()  # like metrics.jsonl, each step on disk at once (a crash loses nothing)
         if self.wandb is not None:
             self.wandb.log(numbers, step=row["step"])
 
@@ -145,3 +226,41 @@ class RunLog:
             self.tensorboard.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+def disk_full(error: BaseException) -> bool:
+    """Did ``error`` (or what caused it) come from a full disk or quota? torch.save reports one as a RuntimeError
+    "unexpected pos"; the standard library as OSError ENOSPC / EDQUOT."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(text in str(error) for text in ("No space left on device", "Disk quota exceeded", "unexpected pos")):
+            return True
+        error = error.__cause__ or error.__context__  # type: ignore[assignment]
+    return False
+
+
+def disk_full_message(run_dir: Path, error: BaseException) -> str:
+    """One line for a full disk: where, and the last good checkpoint (kept whole: checkpoints are renamed into
+    place only when complete); the half-written temporary folder is removed to give the space back."""
+    folder = Path(run_dir) / "checkpoints"
+    for partial in folder.glob(".tmp-*") if folder.is_dir() else []:
+        shutil.rmtree(partial, ignore_errors=True)
+    good = sorted(folder.glob("step_*")) if folder.is_dir() else []
+    last = f"the last good checkpoint is intact: {good[-1]}" if good else "no checkpoint was completed"
+    return f"no space left on the disk of {run_dir} ({type(error).__name__}); {last}. Free space and rerun to resume"
+
+
+def final_report(run_dir: Path) -> str:
+    """What a finished run prints last: its folder, and its test scores from summary.json (avg@n per task)."""
+    path = Path(run_dir) / SUMMARY
+    lines = [f"run folder: {run_dir}"]
+    if path.is_file():
+        summary = json.loads(path.read_text())
+        lines.append(f"test scores (best-on-dev checkpoint, step {summary.get('best_step')}):")
+        for task, metrics in summary.get("test", {}).items():
+            shown = [f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float | int) and "_se" not in k][:4]
+            lines.append(f"  {task:24s} " + "  ".join(shown))
+    return "\n".join(lines)

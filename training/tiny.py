@@ -31,6 +31,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
 from evals import grade_many, render_prompt
+from evals.cli import one_line_errors
 from evals.tasks import MAX_NEW_TOKENS, TASK_NAMES, task_problems
 from rollout import SamplingParams, TransformersEngine
 
@@ -272,11 +273,19 @@ def ensure_tiny_model(seed: int = 0, cache_dir: str | Path | None = None, recipe
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m training.tiny build [--seed S] [--out DIR]``: (re)build the warm-started model."""
-    parser = argparse.ArgumentParser(prog="python -m training.tiny", description=main.__doc__)
+    parser = one_line_errors(argparse.ArgumentParser(prog="python -m training.tiny", description=main.__doc__))
     parser.add_argument("command", choices=["build"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="model folder (default: the cache folder)")
     args = parser.parse_args(argv)
+    if args.seed < 0:
+        parser.exit(2, f"{parser.prog}: error: --seed {args.seed}: must be >= 0\n")
+    if args.out is not None and args.out.exists():  # a rebuild replaces the folder: never one holding other files
+        if not args.out.is_dir():
+            parser.exit(2, f"{parser.prog}: error: --out {args.out}: exists and is not a folder\n")
+        if any(args.out.iterdir()) and not (args.out / BUILD_FILE).is_file():
+            parser.exit(2, f"{parser.prog}: error: --out {args.out}: not empty and not a tiny-model build (no "
+                        f"{BUILD_FILE}); a build replaces the folder, so give an empty or new one\n")  # fmt: skip
     out = build_tiny_model(args.out or tiny_model_dir(args.seed), args.seed)
     print(f"tiny model: {out}")
     print(json.dumps(json.loads((out / BUILD_FILE).read_text())["chosen"]))

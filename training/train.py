@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import gc
 import json
+import os
 import random
 import sys
 import time
@@ -30,7 +31,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from algorithms import advantages_with_metrics
-from evals import load_benchmark, render_prompt, resolve_benchmarks
+from evals import render_prompt
+from evals.cli import one_line_errors
 from rollout import Engine, TransformersEngine, load_engine, resolve_model_path
 from training import runlog
 from training.checkpoint import (
@@ -44,12 +46,12 @@ from training.checkpoint import (
     stop_on_signals,
     stop_requested,
 )
+from training.checks import claim_run_dir
 from training.collect import collect
 from training.config import PROFILES, RunConfig, apply_overrides, from_dict, to_dict
 from training.distributed import (
     DistInfo,
     barrier,
-    check_launch,
     full_state_dict,
     init_distributed,
     is_sharded,
@@ -68,6 +70,11 @@ class ConfigError(ValueError):
     """The run folder does not fit the config (a different config, or checkpoints with --resume never)."""
 
 
+EPILOG = (
+    "Any config field is set as --section.field=value (e.g. --optim.lr=5e-5, --algorithm=dapo, "
+    "--algorithm.clip_high=0.28). The fields, their types and defaults are the dataclasses in training/config.py "
+    "(one commented line each; the algorithm's in algorithms/presets.py); --profile picks the starting values."
+)
 POLICY_KEYS = ("policy/loss", "policy/entropy", "policy/approx_kl", "policy/kl_ref")
 POLICY_KEYS += ("policy/clip_frac_low", "policy/clip_frac_high", "optim/grad_norm")
 
@@ -75,30 +82,37 @@ POLICY_KEYS += ("policy/clip_frac_low", "policy/clip_frac_high", "optim/grad_nor
 def train(config: RunConfig, resume: str = "auto", meta: dict[str, Any] | None = None) -> Path:
     """Run (or continue) the training run ``config`` describes; returns its run folder."""
     info = init_distributed()
+    claim = None
     with stop_on_signals() as received:
         try:
-            return _train(config, resume, meta or {}, info, received)
+            try:  # every check before any work, then the run folder's one-writer lock
+                claim = claim_run_dir(config, info)
+            except ValueError as error:
+                raise ConfigError(str(error)) from None
+            return _train(config, resume, meta or {}, info, received, claim.problems)
         except BaseException as error:
             # the traceback keeps _train's locals alive; DDP's reducer freed after its process group deadlocks
             # (gloo's destructor joins a thread that waits for the GIL held by the freeing thread): free them first
             traceback.clear_frames(error.__traceback__)
             gc.collect()
+            if claim is not None and claim.fresh and info.is_main:
+                runlog.remove_unstarted(runlog.run_dir_of(config))  # a start that failed before step 0: no litter
             raise
         finally:
+            if claim is not None and claim.lock is not None:
+                claim.lock.close()  # releases the flock (the OS does too when the process dies)
             shutdown(info)
 
 
-def _train(config: RunConfig, resume: str, meta: dict[str, Any], info: DistInfo, received: dict[str, int]) -> Path:
+def _train(
+    config: RunConfig, resume: str, meta: dict[str, Any], info: DistInfo, received: dict[str, int], problems: list
+) -> Path:
     start_time = time.perf_counter()
     hf_logging.disable_progress_bar()
     if config.cpu_threads is not None:
         torch.set_num_threads(config.cpu_threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
-    try:  # the launch must fit the config (checked before anything is written)
-        check_launch(info, config.rollout.ranks_per_engine, config.rollout.prompts_per_step)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
-    run_dir = Path(config.out_dir or Path("results") / "local" / config.run_id)
+    run_dir = runlog.run_dir_of(config)
     if (run_dir / runlog.SUMMARY).exists():
         print(f"{run_dir} is finished (summary.json exists); nothing to do", file=sys.stderr)
         return run_dir
@@ -108,7 +122,7 @@ def _train(config: RunConfig, resume: str, meta: dict[str, Any], info: DistInfo,
     checkpoint = checkpoint if resume == "auto" else None
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        _write_config(run_dir, config, meta, resuming=checkpoint is not None)
+        _write_config(run_dir, config, meta)
     barrier(info)
 
     # --- model, optimiser, reference, engine -------------------------------------------------------------------
@@ -156,11 +170,6 @@ def _train(config: RunConfig, resume: str, meta: dict[str, Any], info: DistInfo,
 
     # --- data -----------------------------------------------------------------------------------------------
     template = config.model.prompt_template
-    problems = [
-        problem
-        for name in resolve_benchmarks(config.data.train)
-        for problem in load_benchmark(name, data_dir=config.data.data_dir, split=config.data.split)
-    ]
     prompts = [render_prompt(template, problem.problem, tokenizer) for problem in problems]
 
     log = runlog.RunLog(
@@ -351,24 +360,16 @@ def _sample_rows(
     ]
 
 
-def _write_config(run_dir: Path, config: RunConfig, meta: dict[str, Any], resuming: bool) -> None:
-    """config.json: the resolved config + meta. A resumed run must have the config it was started with."""
-    path = run_dir / runlog.CONFIG
-    data = to_dict(config)
-    if resuming and path.exists():
-        stored = json.loads(path.read_text())
-        stored.pop("meta", None)
-        changed = sorted(k for k in set(stored) | set(data) if stored.get(k) != data.get(k))
-        if changed:
-            raise ConfigError(
-                f"cannot resume {run_dir}: the config differs from its config.json in {', '.join(changed)}"
-            )
-    runlog.write_json(path, data | {"meta": run_meta(config, meta)})
+def _write_config(run_dir: Path, config: RunConfig, meta: dict[str, Any]) -> None:
+    """config.json: the resolved config + meta (``_claim_run_dir`` refused a folder made with another config)."""
+    runlog.write_json(run_dir / runlog.CONFIG, to_dict(config) | {"meta": run_meta(config, meta)})
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[RunConfig, str, dict[str, Any]]:
     """(config, resume, meta) from the command line; a bad key or value is a ValueError naming it."""
-    parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n\n")[0])
+    parser = one_line_errors(
+        argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n\n")[0], epilog=EPILOG)
+    )
     parser.add_argument("--config", help="a resolved config JSON (e.g. a run folder's config.json)")
     parser.add_argument("--profile", choices=sorted(PROFILES), help="start from a named profile (default: tiny)")
     parser.add_argument("--resume", choices=["auto", "never"], default="auto")
@@ -383,20 +384,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[RunConfig, str, dict[str,
             data = json.loads(path.read_text())
         except json.JSONDecodeError as error:
             raise ValueError(f"--config {path}: not JSON ({error})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"--config {path}: not a JSON object (a resolved config, e.g. a run's config.json)")
         meta = data.pop("meta", None) or {}
         config = from_dict(data)
     else:
         config = PROFILES[args.profile or "tiny"]()
     config = apply_overrides(config, overrides)
-    for key, names in (
-        ("data.train", config.data.train),
-        ("eval.dev", config.eval.dev),
-        ("eval.test", config.eval.test),
-    ):
-        try:
-            resolve_benchmarks(names)
-        except ValueError as error:
-            raise ValueError(f"{key}={names!r}: {error}") from None
     return config, args.resume, meta
 
 
@@ -411,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(to_dict(config), indent=2))
         return 0
     try:
-        train(config, resume, meta)
+        run_dir = train(config, resume, meta)
     except TrainingDiverged as error:
         print(f"error: training diverged: {error}", file=sys.stderr)
         return 1
@@ -421,6 +415,13 @@ def main(argv: list[str] | None = None) -> int:
     except Stopped as error:
         print(f"{error}; resume with --resume auto", file=sys.stderr)
         return EXIT_STOPPED
+    except BaseException as error:  # torch.distributed.checkpoint's CheckpointException is a BaseException
+        if not runlog.disk_full(error):
+            raise
+        print(f"error: {runlog.disk_full_message(runlog.run_dir_of(config), error)}", file=sys.stderr)
+        return 1
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(runlog.final_report(run_dir))
     return 0
 
 
