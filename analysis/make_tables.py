@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.baseline is not None:
             check_baseline(load_results(paths), args.baseline)
         results = make_report(paths, args.out, args.baseline or "grpo")
-    except ValueError as error:
+    except (ValueError, OSError) as error:  # OSError: an --out that cannot be written
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2
     for run in results.in_progress:

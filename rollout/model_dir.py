@@ -4,6 +4,7 @@ A local Hugging Face model folder needs ``config.json``, weights and tokenizer f
 is not a local path) is left to the Hub to resolve; check the folder it resolves to.
 """
 
+import json
 import re
 from pathlib import Path
 
@@ -30,3 +31,14 @@ def check_model_dir(path: str | Path, field: str = "model.path") -> None:
         raise ValueError(f"{field}={shown}: no weights in it (*.safetensors or pytorch_model*.bin)")
     if not any((folder / name).is_file() for name in TOKENIZER_FILES):
         raise ValueError(f"{field}={shown}: no tokenizer in it (one of {', '.join(TOKENIZER_FILES)})")
+
+
+def has_chat_template(folder: str | Path) -> bool:
+    """Does the tokenizer in ``folder`` carry a chat template (``tokenizer_config.json`` or ``chat_template.jinja``)?"""
+    folder = Path(folder)
+    if (folder / "chat_template.jinja").is_file() or (folder / "chat_template.json").is_file():
+        return True
+    try:
+        return bool(json.loads((folder / "tokenizer_config.json").read_text()).get("chat_template"))
+    except (OSError, ValueError, AttributeError):
+        return False

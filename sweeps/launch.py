@@ -336,7 +336,11 @@ def sweep_main(
     except ValueError as error:  # a user's bad input: one line naming the culprit
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2
-    failed = launch(sweep, runs, sweep_dir, options)
+    try:
+        failed = launch(sweep, runs, sweep_dir, options)
+    except OSError as error:  # a sweep folder that cannot be written (read-only, full): one line, not a traceback
+        print(f"{parser.prog}: error: {sweep_dir}: {error.strerror or error}", file=sys.stderr)
+        return 2
     return 1 if failed else 0
 
 

@@ -77,6 +77,8 @@ CASES = [
     ("train", ["--data.train=math12k", "--data.data_dir={bad_data}"], "math12k.jsonl:2"),
     ("train", ["--data.train=math12k", "--data.data_dir={tmp}/missing"], "math12k.jsonl"),
     ("train", ["--tag=../escape"], "tag"),
+    ("train", ["--model.template=chat_boxed"], "chat_boxed"),
+    ("train", ["--model.path={model}", "--model.template=chat_boxed"], "chat template"),
     ("train", ["--rollout.engine=tpu"], "rollout.engine"),
     ("train", ["--out_dir={file}"], "out_dir"),
     ("train", ["--out_dir={file}/run"], "out_dir"),

@@ -22,7 +22,7 @@ from typing import IO, Any
 from evals import BENCHMARKS, load_benchmark, resolve_benchmarks
 from evals.metrics import pass_ks
 from evals.prompts import TEMPLATES
-from rollout.model_dir import check_model_dir
+from rollout.model_dir import check_model_dir, has_chat_template
 from training import runlog
 
 IGNORED_KEYS = ("out_dir", "meta")  # where a run is written and its provenance: not what it computes
@@ -205,9 +205,14 @@ def claim_run_dir(config: Any, info: Any) -> Claim:
         raise ValueError("rollout.engine='vllm': vllm is not installed here (see README, Set up)")
     if config.model.path is not None:  # a folder, or a Hub id resolved to its snapshot folder
         try:
-            check_model_dir(resolve_model_path(config.model.path))
+            model_dir = resolve_model_path(config.model.path)
+            check_model_dir(model_dir)
         except ValueError as error:
             raise ValueError(str(error) if "model.path" in str(error) else f"model.path: {error}") from None
+        if config.model.prompt_template == "chat_boxed" and not has_chat_template(model_dir):
+            raise ValueError(f"model.template='chat_boxed': the tokenizer of {model_dir} has no chat template")
+    elif config.model.prompt_template == "chat_boxed":
+        raise ValueError("model.template='chat_boxed': the embedded tiny model's tokenizer has no chat template")
     problems = load_run_data(config)
     check_run_dir(run_dir, config)
     fresh = not run_dir.exists()
