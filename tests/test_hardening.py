@@ -15,6 +15,7 @@ import pytest
 from evals.grading import MAX_RESPONSE_CHARS, extract_boxed, grade, grade_many
 from evals.latex_shape import latex_shape
 from sweeps import status
+from training.checkpoint import latest_checkpoint
 from training.runlog import lock_holder
 
 train_cli = importlib.import_module("training.train")
@@ -145,7 +146,9 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_keeps_the_last_good_one
     err = capsys.readouterr().err.strip()
     assert code == 1 and len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert "no space left" in err and "step_00000000" in err, err
-    assert (run / "checkpoints" / "step_00000000" / "model.safetensors").is_file()
+    assert (
+        latest_checkpoint(run) == run / "checkpoints" / "step_00000000"
+    )  # complete checkpoints are renamed into place
     assert not list((run / "checkpoints").glob(".tmp-*"))  # the half-written one was removed
 
 
