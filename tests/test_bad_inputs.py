@@ -63,6 +63,7 @@ CASES = [
     ("train", ["--algorithm=nope"], "--algorithm"),
     ("train", ["--data.train=nope"], "data.train"),
     ("train", ["--eval.dev=nope"], "eval.dev"),
+    ("train", ["--eval.dev=aime24"], "eval.dev_split"),  # the tiny default validates on dev splits; AIME has none
     ("train", ["--eval.test=math12k"], "eval.test"),
     ("train", ["stray"], "stray"),
     ("train", ["--resume=sometimes"], "--resume"),

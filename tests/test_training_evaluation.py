@@ -43,6 +43,7 @@ def test_paper_profile_is_the_protocol_table():
     e = c.eval
     assert (e.dev, e.every, e.dev_n, e.dev_temperature, e.dev_top_p) == ("aime24", 5, 16, 0.7, 0.95)  # train.sh:49-63
     assert (e.test, e.n, e.temperature, e.top_p, e.max_new_tokens) == ("six", None, None, None, 8192)
+    assert e.dev_split == "test"  # AIME 2024 has no dev split: Miner validates on its 30 test problems
     assert (c.logging.checkpoint_every, c.logging.keep_last) == (5, 2)  # save_freq 5, max_actor_ckpt_to_keep 2
     assert c.steps == 314 == DEEPSCALER_ROWS // 128  # one epoch: 40,315 // 128 = 314 (315 * 128 = 40,320 > 40,315)
 

@@ -77,10 +77,12 @@ def check_config(config: Any) -> None:
             benchmarks[key] = resolve_benchmarks(spec)
         except ValueError as error:
             raise ValueError(f"{key}={spec!r}: {error}") from None
-    for key, split in (("data.train", config.data.split), ("eval.test", "test")):
+    splits = [("data.train", config.data.split), ("eval.test", "test")]
+    splits += [("eval.dev", eval_.dev_split)] if config.eval.every else []
+    for key, split in splits:
         for name in benchmarks[key]:
             if split not in BENCHMARKS[name].splits:
-                field = "data.split" if key == "data.train" else key
+                field = {"data.train": "data.split", "eval.dev": "eval.dev_split"}.get(key, key)
                 raise ValueError(
                     f"{field}: benchmark {name} has no split {split!r}; it has {', '.join(BENCHMARKS[name].splits)}"
                 )
@@ -89,7 +91,8 @@ def check_config(config: Any) -> None:
     if config.model.template is not None and config.model.template not in TEMPLATES:
         raise ValueError(f"model.template={config.model.template!r} is unknown; choose one of: {', '.join(TEMPLATES)}")
     _check_select_metric(
-        eval_.select_metric, [eval_.n or BENCHMARKS[name].protocol.n for name in benchmarks["eval.dev"]]
+        eval_.select_metric,
+        [eval_.dev_n or eval_.n or BENCHMARKS[name].protocol.n for name in benchmarks["eval.dev"]],
     )
 
 
@@ -161,7 +164,7 @@ def load_run_data(config: Any) -> list[Any]:
     """The training problems, after loading every dev and test benchmark too: a missing file, a bad row (named by
     file, line and field) or an empty set is a one-line error before any work, not a crash at step 0."""
     loads = [("data.train", config.data.train, config.data.split)]
-    loads += [("eval.dev", config.eval.dev, "dev")] if config.eval.every else []
+    loads += [("eval.dev", config.eval.dev, config.eval.dev_split)] if config.eval.every else []
     loads += [("eval.test", config.eval.test, "test")]
     found: dict[str, list[Any]] = {}
     for key, spec, split in loads:

@@ -118,6 +118,7 @@ class EvalConfig:
     dev_n: int | None = None  # None: eval.n
     dev_temperature: float | None = None  # None: eval.temperature
     dev_top_p: float | None = None  # None: eval.top_p
+    dev_split: str = "dev"  # the split the dev benchmarks are read from ("test" where a benchmark has only that one)
     max_problems: int | None = None  # per benchmark, the first ones (None: all)
     select_metric: str = "avg@n"  # averaged over the dev benchmarks; higher is better
 
@@ -296,6 +297,7 @@ def paper() -> RunConfig:
             dev_n=16,
             dev_temperature=0.7,
             dev_top_p=0.95,
+            dev_split="test",  # AIME 2024 has only its 30 test problems: Miner validates (and selects) on them
         ),
         logging=LoggingConfig(checkpoint_every=5, keep_last=2),
         dist=DistConfig(strategy="fsdp2"),

@@ -39,7 +39,7 @@ def evaluate_rows(
         n=sampling["n"],
         template=template,
         data_dir=config.data.data_dir,
-        split=split,
+        split=config.eval.dev_split if split == "dev" else "test",
         limit=config.eval.max_problems,
         temperature=sampling["temperature"],
         top_p=sampling["top_p"],
