@@ -20,6 +20,7 @@ PUBLIC = {
         "group_filter",
         "policy_loss",
         "shape_rewards",
+        "linear_token_logp_and_entropy",
         "token_logit_stats",
         "token_logp_and_entropy",
     ],
