@@ -1,7 +1,8 @@
 """The embedded tiny model: a character-level tokenizer and a small Qwen3 causal LM, built in code (no hub).
 
-The warm-started model (supervised on worked solutions of the synthetic tasks, ``evals.tasks``) is built on first
-use and cached; ``python -m training.tiny build`` rebuilds it. The build is
+The warm-started model (supervised on worked solutions of the synthetic tasks, ``evals.tasks``) of seed 0 and the
+default recipe is shipped in the package (``training/tiny_model/``, about 3 MB); other seeds and recipes are built on
+first use and cached. The build is
 
     random Qwen3 (seed) -> SFT on train-split worked solutions, loss on solution tokens only
     -> every ``eval_every`` steps: sampled accuracy on the dev split (n samples, temperature 1.0, the real grader)
@@ -11,6 +12,14 @@ use and cached; ``python -m training.tiny build`` rebuilds it. The build is
 Choosing by measured accuracy rather than by step count matters: the 20-60 % window of a tiny model's sampled
 accuracy is narrow and shifts between runs (../shared/ENVIRONMENT.md). The same seed and recipe give bit-identical
 weights on one machine: seeded init, a seeded data order, seeded sampling and a fixed thread count.
+
+Why ship it: float reductions differ between CPUs (vector width, kernels), so a build is bit-reproducible on one
+machine kind only, and the embedded default must be the same model on every host. ``ensure_tiny_model`` returns the
+shipped folder for seed 0 and ``RECIPE`` without building. Its ``tiny_build.json`` holds the recipe, the dev curve and
+a fingerprint of the weights after the first ``PREFIX_STEPS`` SFT steps (``prefix``), which the tests replay on any
+machine (``replay_prefix``). The shipped model was built by recipe version 2 before the fingerprint existed; its
+``prefix`` was recorded afterwards by ``replay_prefix`` on the host that built it (2-core AVX-512 x86-64), and a full
+rebuild there gave bit-identical weights. ``python -m training.tiny build --out training/tiny_model`` rebuilds it.
 """
 
 import argparse
@@ -38,6 +47,8 @@ from rollout import SamplingParams, TransformersEngine
 PAD, EOS = "<pad>", "<eos>"
 CHARACTERS = string.digits + string.ascii_letters + string.punctuation + " \n"
 BUILD_FILE = "tiny_build.json"  # written last into the model folder: the recipe, the dev curve and the chosen step
+SHIPPED_DIR = Path(__file__).resolve().parent / "tiny_model"  # the built model of seed 0 and RECIPE, in the package
+PREFIX_STEPS = 30  # SFT steps whose weights a build fingerprints (a cheap check that the recipe still reproduces)
 
 
 def char_tokenizer(padding_side: str = "left") -> PreTrainedTokenizerFast:
@@ -180,6 +191,11 @@ def dev_accuracy(
     }
 
 
+def weights_fingerprint(model: torch.nn.Module) -> dict[str, list[float]]:
+    """Per parameter tensor: [sum_i w_i, sum_i w_i^2] in float64 (a digest that can be compared with a tolerance)."""
+    return {name: [float(t.double().sum()), float(t.double().square().sum())] for name, t in model.state_dict().items()}
+
+
 def _score(metrics: dict[str, float], recipe: Recipe) -> float:
     """Distance of pass@1 from the target; checkpoints outside the window or without a pass@n gap rank last."""
     pass1, passn = metrics["pass@1"], metrics[f"pass@{recipe.eval_samples}"]
@@ -195,7 +211,7 @@ def train_warm_start(seed: int, recipe: Recipe) -> tuple[Qwen3ForCausalLM, PreTr
     rows = _sft_rows(tokenizer)
     order = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=(0.9, 0.99), weight_decay=0.0)
-    start, history, best, best_score = time.perf_counter(), [], None, float("inf")
+    start, history, best, best_score, prefix = time.perf_counter(), [], None, float("inf"), None
     permutation, position = torch.randperm(len(rows), generator=order).tolist(), 0
     model.train()
     for step in range(1, recipe.max_steps + 1):
@@ -210,6 +226,8 @@ def train_warm_start(seed: int, recipe: Recipe) -> tuple[Qwen3ForCausalLM, PreTr
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if step == PREFIX_STEPS:
+            prefix = {"step": step, "fingerprint": weights_fingerprint(model)}
         due = step >= recipe.first_eval and (step - recipe.first_eval) % recipe.eval_every == 0
         if not (due or step == recipe.max_steps):
             continue
@@ -226,6 +244,7 @@ def train_warm_start(seed: int, recipe: Recipe) -> tuple[Qwen3ForCausalLM, PreTr
     model.load_state_dict(best)
     model.eval()
     report = {"seed": seed, "recipe": dataclasses.asdict(recipe), "chosen": chosen, "history": history}
+    report["prefix"] = prefix
     report["acceptable"] = best_score < 1.0
     report["build_time_s"] = round(time.perf_counter() - start, 1)
     return model, tokenizer, report
@@ -257,8 +276,35 @@ def tiny_model_dir(seed: int = 0, cache_dir: str | Path | None = None, recipe: R
     return Path(cache_dir or cache_root()) / f"tiny-s{seed}-{recipe_hash(recipe, seed)}"
 
 
+def shipped_model(seed: int = 0, recipe: Recipe = RECIPE) -> Path | None:
+    """The shipped model folder when it was built from ``seed`` and ``recipe``, else None."""
+    build = SHIPPED_DIR / BUILD_FILE
+    if not build.is_file():
+        return None
+    report = json.loads(build.read_text())
+    return SHIPPED_DIR if report["seed"] == seed and report["recipe"] == dataclasses.asdict(recipe) else None
+
+
+def replay_prefix(seed: int, recipe: Recipe, steps: int = PREFIX_STEPS) -> dict[str, list[float]]:
+    """The weights fingerprint after the first ``steps`` SFT steps of the recipe, at its thread count (its dev
+    evaluation cut to one problem per task and two samples, which changes no weight): compare with a build's
+    ``prefix``."""
+    short = dataclasses.replace(recipe, max_steps=steps, first_eval=steps, eval_samples=2, eval_problems=1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(recipe.threads)
+    try:
+        model, _, _ = train_warm_start(seed, short)
+    finally:
+        torch.set_num_threads(threads)
+    return weights_fingerprint(model)
+
+
 def ensure_tiny_model(seed: int = 0, cache_dir: str | Path | None = None, recipe: Recipe = RECIPE) -> Path:
-    """The embedded warm-started model folder: built on first use (about 2 CPU minutes), then found in the cache."""
+    """The embedded warm-started model folder: the shipped one (seed 0, the default recipe, no ``cache_dir``), else
+    built on first use (about 2 CPU minutes) into the cache and found there afterwards."""
+    if cache_dir is None and (shipped := shipped_model(seed, recipe)) is not None:
+        print(f"tiny model: {shipped} (shipped)", file=sys.stderr)
+        return shipped
     path = tiny_model_dir(seed, cache_dir, recipe)
     path.parent.mkdir(parents=True, exist_ok=True)
     # one builder at a time: a second process (parallel sweep runs, test workers) waits, then finds the model built
@@ -288,6 +334,8 @@ def main(argv: list[str] | None = None) -> None:
                         f"{BUILD_FILE}); a build replaces the folder, so give an empty or new one\n")  # fmt: skip
     out = build_tiny_model(args.out or tiny_model_dir(args.seed), args.seed)
     print(f"tiny model: {out}")
+    if args.out is None and shipped_model(args.seed) is not None:
+        print(f"tiny model: the default stays the shipped {SHIPPED_DIR} (rebuilt by --out)", file=sys.stderr)
     print(json.dumps(json.loads((out / BUILD_FILE).read_text())["chosen"]))
 
 
