@@ -37,6 +37,7 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from tqdm import tqdm
 from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
 from evals import grade_many, render_prompt
@@ -203,8 +204,11 @@ def _score(metrics: dict[str, float], recipe: Recipe) -> float:
     return abs(pass1 - recipe.target_pass1) + (0.0 if acceptable else 1.0)
 
 
-def train_warm_start(seed: int, recipe: Recipe) -> tuple[Qwen3ForCausalLM, PreTrainedTokenizerFast, dict]:
-    """Run the build recipe in memory: (the chosen model, its tokenizer, a report of the dev curve)."""
+def train_warm_start(
+    seed: int, recipe: Recipe, progress: bool = False
+) -> tuple[Qwen3ForCausalLM, PreTrainedTokenizerFast, dict]:
+    """Run the build recipe in memory: (the chosen model, its tokenizer, a report of the dev curve); ``progress``
+    shows a bar over ``max_steps`` whose ETA is an upper bound (most builds stop earlier, at the target)."""
     tokenizer = char_tokenizer()
     torch.manual_seed(seed)
     model = Qwen3ForCausalLM(tiny_config(len(tokenizer), hidden=recipe.hidden, layers=recipe.layers))
@@ -214,7 +218,9 @@ def train_warm_start(seed: int, recipe: Recipe) -> tuple[Qwen3ForCausalLM, PreTr
     start, history, best, best_score, prefix = time.perf_counter(), [], None, float("inf"), None
     permutation, position = torch.randperm(len(rows), generator=order).tolist(), 0
     model.train()
+    bar = tqdm(total=recipe.max_steps, desc="tiny build (stops at the target)", unit="step", disable=not progress)
     for step in range(1, recipe.max_steps + 1):
+        bar.update()
         if position + recipe.batch_size > len(permutation):  # a new epoch: a fresh seeded permutation
             permutation, position = torch.randperm(len(rows), generator=order).tolist(), 0
         indices, position = permutation[position : position + recipe.batch_size], position + recipe.batch_size
@@ -234,13 +240,14 @@ def train_warm_start(seed: int, recipe: Recipe) -> tuple[Qwen3ForCausalLM, PreTr
         metrics = dev_accuracy(model, tokenizer, recipe.eval_samples, seed, recipe.eval_problems)
         entry = {"step": step, "loss": round(loss.item(), 4), "time_s": round(time.perf_counter() - start, 1)}
         history.append(entry | {k: round(v, 4) for k, v in metrics.items()})
-        print(f"tiny build: {json.dumps(history[-1])}", file=sys.stderr, flush=True)
+        bar.write(f"tiny build: {json.dumps(history[-1])}", file=sys.stderr)
         score = _score(metrics, recipe)
         if score < best_score:
             best, best_score = {k: v.detach().clone() for k, v in model.state_dict().items()}, score
             chosen = history[-1]
         if metrics["pass@1"] >= recipe.target_pass1:  # accuracy only rises from here: later checkpoints are further
             break
+    bar.close()
     model.load_state_dict(best)
     model.eval()
     report = {"seed": seed, "recipe": dataclasses.asdict(recipe), "chosen": chosen, "history": history}
@@ -259,7 +266,7 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0, recipe: Recipe = RECIPE
     threads = torch.get_num_threads()
     torch.set_num_threads(recipe.threads)
     try:
-        model, tokenizer, report = train_warm_start(seed, recipe)
+        model, tokenizer, report = train_warm_start(seed, recipe, progress=True)
     finally:
         torch.set_num_threads(threads)
     model.save_pretrained(temporary)
