@@ -59,12 +59,13 @@ def check_run_args(args: argparse.Namespace) -> None:
         read_json_object(out / "config.json", "use another --out")
 
 
-def read_json_object(path: Path, advice: str) -> dict[str, Any]:
-    """A JSON object from ``path``; a corrupt file is a ValueError naming it (and ``advice``)."""
+def read_json_object(path: Path, advice: str | None = None) -> dict[str, Any]:
+    """A JSON object from ``path``; a corrupt file is a ValueError naming it (and ``advice``, what to do instead)."""
+    tail = f"; remove it or {advice}" if advice else ""
     try:
         value = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: cannot read it as JSON ({error}); remove it or {advice}") from None
+        raise ValueError(f"{path}: cannot read it as JSON ({error}){tail}") from None
     if not isinstance(value, dict):
-        raise ValueError(f"{path}: not a JSON object; remove it or {advice}")
+        raise ValueError(f"{path}: not a JSON object{tail}")
     return value

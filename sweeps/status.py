@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from evals.cli import read_json_object
 from sweeps.jobs import read_launch
 from training.runlog import lock_holder
 
@@ -119,23 +120,12 @@ def sweep_status(sweep_dir: Path) -> list[RunStatus]:
     arms: dict[str, str] = {}
     plan = sweep_dir / "sweep.json"
     if plan.is_file():
-        for arm in _read_json(plan).get("arms", []):
+        for arm in read_json_object(plan).get("arms", []):
             arms |= {run: arm["arm"] for run in arm.get("runs", [])}
     for run_dir in sorted(p for p in sweep_dir.iterdir() if (p / "config.json").is_file()):
-        meta = _read_json(run_dir / "config.json").get("meta", {})
+        meta = read_json_object(run_dir / "config.json").get("meta", {})
         arms.setdefault(run_dir.name, meta.get("arm") or "?")
     return [run_status(sweep_dir / run_id, arm) for run_id, arm in arms.items()]
-
-
-def _read_json(path: Path) -> dict:
-    """A JSON object; a corrupt file is a ValueError naming it."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: cannot read it as JSON ({error})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: not a JSON object")
-    return data
 
 
 def format_table(statuses: list[RunStatus]) -> str:
