@@ -1,17 +1,16 @@
 """``load_engine``: an engine of either kind from a Hugging Face model folder or Hub id (``resolve_model_path``)."""
 
-import re
 from pathlib import Path
 from typing import assert_never
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from rollout.model_dir import is_hub_id
 from rollout.transformers_engine import TransformersEngine
 from rollout.types import Engine, EngineKind
 from rollout.vllm_engine import VLLMEngine
 
-HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
 # what an engine or trainer reads: config, tokenizer files, safetensors weights (not .bin / original/ duplicates)
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken"]
 
@@ -24,7 +23,7 @@ def resolve_model_path(model: str | Path) -> Path:
     if path.is_dir():
         return path
     text = str(model)
-    if not HUB_ID.fullmatch(text) or text.startswith(".") or ".." in text:
+    if not is_hub_id(text):
         raise ValueError(f"model {text!r}: folder not found, and not a Hugging Face Hub id (org/name)")
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError

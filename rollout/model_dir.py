@@ -10,12 +10,17 @@ from pathlib import Path
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tiktoken.model", "qwen.tiktoken")
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.pt", "*.pth")
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # "org/name": a Hugging Face Hub repository id
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")  # "name" or "org/name"
+
+
+def is_hub_id(text: str) -> bool:
+    """Is ``text`` spelt like a Hugging Face Hub repository id (``org/name`` or ``name``, no ``.`` / ``..`` parts)?"""
+    return bool(HUB_ID.fullmatch(text)) and not text.startswith(".") and ".." not in text
 
 
 def looks_like_hub_id(path: str | Path) -> bool:
-    """``org/name`` that is not a local path: the Hub resolves it (so the local checks do not apply)."""
-    return bool(_HUB_ID.fullmatch(str(path))) and not Path(path).exists()
+    """A Hub id that is not a local path: the Hub resolves it (so the local checks do not apply)."""
+    return is_hub_id(str(path)) and not Path(path).exists()
 
 
 def check_model_dir(path: str | Path, field: str = "model.path") -> None:
