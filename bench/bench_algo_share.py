@@ -126,7 +126,7 @@ def main() -> None:
         batch = collected.batch
         old_logp_BT = entropy_BT = None  # as training/train.py: the old policy's forward only where it is read
         if old_policy_forward_needed(config):
-            old_logp_BT, entropy_BT = batch_logps(policy, batch, config, info, pad_id)
+            old_logp_BT, entropy_BT, _ = batch_logps(policy, batch, config, info, pad_id)
         ref_logp_BT = batch_logps(reference, batch, config, info, pad_id)[0] if reference is not None else None
         advantages = advantages_with_metrics(
             config.algorithm, batch.rewards_B, old_logp_BT, batch.mask_BT, config.rollout.group_size,
@@ -140,7 +140,7 @@ def main() -> None:
         position = collected.data_position
         core = function_times(profile, CORE)
         if old_logp_BT is None:  # the replay needs realistic log-probs: the updated policy's, outside the timing
-            old_logp_BT, entropy_BT = batch_logps(policy, batch, config, info, pad_id)
+            old_logp_BT, entropy_BT, _ = batch_logps(policy, batch, config, info, pad_id)
         core["policy_loss (backward, replayed)"] = loss_backward_seconds(
             config, batch, old_logp_BT, ref_logp_BT, advantages.adv_BT, entropy_BT
         )

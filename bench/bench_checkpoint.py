@@ -58,7 +58,7 @@ def main() -> None:
         return save_checkpoint(folder, state, model, tokenizer, optimizer, scheduler, info, 1, export_dtype=export)
 
     kinds = {
-        "former_hf_plus_optimizer": lambda f: peer(f),
+        "former_hf_plus_optimizer": peer,
         "dcp": lambda f: ours(f, None),
         "dcp_plus_export": lambda f: ours(f, torch.float32),
     }

@@ -30,6 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench_memory import _status_mb  # noqa: E402  (bench/ is the script's folder: on sys.path)
+
 RESULTS = REPO / "bench" / "results" / "plan.json"
 # Qwen3 shapes: hidden, MLP width, layers, heads, kv heads, head_dim, vocab (untied lm_head)
 SIZES = {
@@ -56,13 +58,6 @@ def run_config(checkpointing: bool, chunk: int | None, micro_rows: int):
                               vllm_max_model_len=PROMPT + RESPONSE),
         optim=OptimConfig(micro_batch_size=micro_rows, lr=1e-4, warmup_steps=0),
     )  # fmt: skip
-
-
-def _status_mb(key: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"{key} not in /proc/self/status")
 
 
 def child(size: str, variant: str) -> dict:

@@ -87,7 +87,7 @@ def smoke_config(model_dir: Path, out_dir: Path, size: str, engine: str):
             group_size=group,
             max_new_tokens=new_tokens,
             vllm_max_model_len=new_tokens + 256,
-            **_single_device_rollout(base.rollout),
+            vllm_tensor_parallel=1,  # one device, whatever the profile asks of a node
         ),
         optim=dataclasses.replace(base.optim, micro_batch_size=min(base.optim.micro_batch_size, 8)),
         eval=dataclasses.replace(
@@ -103,11 +103,6 @@ def smoke_config(model_dir: Path, out_dir: Path, size: str, engine: str):
         steps=3,
         out_dir=str(out_dir),
     )
-
-
-def _single_device_rollout(rollout) -> dict:
-    """One device: no tensor parallelism, whatever the profile asks of a node."""
-    return {"vllm_tensor_parallel": 1} if hasattr(rollout, "vllm_tensor_parallel") else {}
 
 
 def report(run_dir: Path, setup_s: dict[str, float], total_s: float, params: int, device_name: str, engine: str):

@@ -26,9 +26,9 @@ from typing import Literal, assert_never
 import submitit
 from submitit.slurm.slurm import _make_sbatch_string
 
-from evals.cli import one_line_errors
+from evals.cli import one_line_errors, read_json_object
 from sweeps.jobs import REPO, TrainJob, record_event, train_command
-from sweeps.local import finish_message, wait_local
+from sweeps.local import POLL_S, finish_message, wait_local
 from sweeps.options import add_sweep_args, check_sweep_args
 from sweeps.spec import Run, Sweep, plan, plan_markdown, sweep_runs, write_plan
 from training.config import to_dict
@@ -36,7 +36,6 @@ from training.runlog import lock_holder
 
 Executor = Literal["local", "slurm", "debug"]
 CLUSTERS = Path(__file__).resolve().parent / "clusters"  # named cluster profiles: <name>.json
-POLL_S = 2.0  # seconds between looks at running jobs (sweeps.local uses its own)
 
 
 @dataclass(frozen=True)
@@ -80,11 +79,9 @@ def load_cluster(profile: str | None, **overrides: object) -> Cluster:
             names = sorted(p.stem for p in CLUSTERS.glob("*.json"))
             raise ValueError(f"--cluster {profile!r}: no such file or profile (profiles: {', '.join(names)})")
         try:
-            data = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ValueError(f"--cluster {path}: cannot read it as JSON ({error})") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"--cluster {path}: not a JSON object")
+            data = read_json_object(path)
+        except ValueError as error:
+            raise ValueError(f"--cluster {error}") from None
     data |= {k: v for k, v in overrides.items() if v is not None}
     fields = {f.name for f in dataclasses.fields(Cluster)}
     unknown = sorted(set(data) - fields)

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_training_distributed import cli_env
 
 from evals.grading import MAX_RESPONSE_CHARS, extract_boxed, grade, grade_many
 from evals.latex_shape import latex_shape
@@ -31,10 +32,6 @@ def small_run(model_dir: Path, out_dir: Path, steps: int) -> list[str]:
         "logging.samples_every": 0, "logging.checkpoint_every": 1, "logging.progress_bar": False,
     }  # fmt: skip
     return [f"--{key}={value}" for key, value in settings.items()]
-
-
-def env() -> dict[str, str]:
-    return os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
 
 
 def wait_for_lock(run_dir: Path, process: subprocess.Popen, timeout: float = 180) -> int:
@@ -67,12 +64,12 @@ def alive(pid: int) -> bool:
 def test_a_second_trainer_on_a_locked_run_folder_exits_2_naming_the_holder(tiny_model_dir: Path, tmp_path: Path):
     run = tmp_path / "run"
     args = small_run(tiny_model_dir, run, steps=10_000)
-    first = subprocess.Popen([sys.executable, "-m", "training.train", *args], cwd=tmp_path, env=env())
+    first = subprocess.Popen([sys.executable, "-m", "training.train", *args], cwd=tmp_path, env=cli_env())
     try:
         assert wait_for_lock(run, first) == first.pid
         second = subprocess.run(  # the second writer: refused at once (before issue 16 it trained along)
-            [sys.executable, "-m", "training.train", *args], cwd=tmp_path, env=env(), capture_output=True, text=True,
-            timeout=120,
+            [sys.executable, "-m", "training.train", *args], cwd=tmp_path, env=cli_env(), capture_output=True,
+            text=True, timeout=120,
         )  # fmt: skip
         err = second.stderr
         assert second.returncode == 2 and f"pid {first.pid}" in err and len(err.strip().splitlines()) == 1, err
@@ -95,7 +92,7 @@ def test_sigterm_stops_a_local_sweep_with_its_trainers_and_a_relaunch_leaves_a_r
     flags = [f"--set={arg[2:]}" for arg in small_run(tiny_model_dir, sweep, 10_000)[2:] if "out_dir" not in arg]
     command = [sys.executable, "sweeps/compare.py", "--methods", "grpo", "--seeds", "1", "--steps", "10000",
                "--model", str(tiny_model_dir), "--out", str(sweep), "--parallel", "1", *flags]  # fmt: skip
-    launcher = subprocess.Popen(command, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    launcher = subprocess.Popen(command, cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     (run,) = [p for p in sweep.glob("*") if p.is_dir() and not p.name.startswith(".")] or [None]
     try:
         deadline = time.monotonic() + 120
@@ -113,10 +110,12 @@ def test_sigterm_stops_a_local_sweep_with_its_trainers_and_a_relaunch_leaves_a_r
         with contextlib.suppress(ProcessLookupError):
             launcher.kill()
     # a trainer started by hand holds the run: a relaunch leaves it to it, and status shows it running
-    alone = subprocess.Popen([sys.executable, "-m", "training.train", "--config", str(run / "config.json")], env=env())
+    alone = subprocess.Popen(
+        [sys.executable, "-m", "training.train", "--config", str(run / "config.json")], env=cli_env()
+    )
     try:
         holder = wait_for_lock(run, alone)
-        relaunch = subprocess.run([*command, "--dry-run"], cwd=REPO, env=env(), capture_output=True, text=True)
+        relaunch = subprocess.run([*command, "--dry-run"], cwd=REPO, env=cli_env(), capture_output=True, text=True)
         assert relaunch.returncode == 0 and f"skip (running: pid {holder})" in relaunch.stdout, relaunch.stdout
         assert status.main([str(sweep)]) == 0
         assert f"{run.name}" in (table := capsys.readouterr().out) and " running " in table, table
@@ -187,7 +186,7 @@ def test_tensorboard_and_wandb_mirror_the_metrics_and_a_resumed_run_keeps_its_wa
     run = tmp_path / "run"
     args = [*small_run(tiny_model_dir, run, steps=3), "--logging.tensorboard=true", "--logging.wandb=true"]
     args.append("--fault_nan_at_step=2")  # each attempt checkpoints step 1, then diverges: the second one resumes
-    offline = env() | {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    offline = cli_env() | {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     for _ in range(2):
         done = subprocess.run([sys.executable, "-m", "training.train", *args], cwd=tmp_path, env=offline,
                               capture_output=True, text=True, timeout=300)  # fmt: skip

@@ -81,7 +81,9 @@ def one_update(
     if scale:
         enable_activation_checkpointing(model)
     trainer = wrap_model(model, strategy, info, "float32")
-    old_logp_BT, entropy_BT = batch_logps(trainer if strategy == "fsdp2" else unwrap(trainer), batch, config, info, 0)
+    old_logp_BT, entropy_BT, _ = batch_logps(
+        trainer if strategy == "fsdp2" else unwrap(trainer), batch, config, info, 0
+    )
     old_logp_BT = old_logp_BT - 0.05 * batch.mask_BT  # ratios away from 1, so clipping takes part
     adv_BT = advantages_with_metrics(config.algorithm, batch.rewards_B, old_logp_BT, batch.mask_BT, G).adv_BT
     # SGD is linear in the gradient, so any error in normalisers or gradient reduction shows in the weights

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
 
 from algorithms import LogitStats, linear_token_logp_and_entropy, token_logit_stats, token_logp_and_entropy
 from rollout import Rollout
+from training.distributed import unwrap
 
 
 def derive_seed(*parts: int | str) -> int:
@@ -205,7 +205,7 @@ def _sampled_token_head(
     if chunk_tokens is None:
         yield
         return
-    inner = model.module if isinstance(model, DistributedDataParallel) else model
+    inner = unwrap(model)
     head = inner.get_output_embeddings()
     assert isinstance(head, nn.Linear) and head.bias is None, f"cannot chunk the output layer {head!r}"
 

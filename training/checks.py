@@ -185,12 +185,14 @@ def load_run_data(config: Any) -> list[Any]:
 
 @dataclass(frozen=True)
 class Claim:
-    """A run folder claimed by this trainer: its lock (rank 0; None elsewhere), the training problems, and whether
-    the folder was created by this start (then a failed start removes it again: no litter)."""
+    """A run folder claimed by this trainer: its lock (rank 0; None elsewhere), the training problems, the model
+    folder (``model.path`` resolved; None for the embedded default), and whether the folder was created by this start
+    (then a failed start removes it again: no litter)."""
 
     lock: IO[str] | None
     problems: list[Any]
     fresh: bool
+    model_dir: Path | None
 
 
 def claim_run_dir(config: Any, info: Any) -> Claim:
@@ -206,6 +208,7 @@ def claim_run_dir(config: Any, info: Any) -> Claim:
         raise ValueError(f"out_dir={str(run_dir)!r}: exists and is not a folder")
     if config.rollout.engine == "vllm" and importlib.util.find_spec("vllm") is None:
         raise ValueError("rollout.engine='vllm': vllm is not installed here (see README, Set up)")
+    model_dir = None
     if config.model.path is not None:  # a folder, or a Hub id resolved to its snapshot folder
         try:
             model_dir = resolve_model_path(config.model.path)
@@ -230,4 +233,4 @@ def claim_run_dir(config: Any, info: Any) -> Claim:
     refusal = broadcast_object(refusal, info)
     if refusal is not None:
         raise ValueError(refusal)
-    return Claim(lock, problems, fresh)
+    return Claim(lock, problems, fresh, model_dir)

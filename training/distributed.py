@@ -273,31 +273,3 @@ def broadcast_object(obj: Any, info: DistInfo) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
-
-
-def optimizer_state_to_local(state: dict[str, Any]) -> dict[str, Any]:
-    """An optimiser ``state_dict`` with FSDP2's DTensor shards replaced by this rank's local tensors (to save)."""
-    return {
-        "param_groups": state["param_groups"],
-        "state": {
-            index: {k: v.to_local().clone() if isinstance(v, DTensor) else v for k, v in param_state.items()}
-            for index, param_state in state["state"].items()
-        },
-    }
-
-
-def optimizer_state_from_local(state: dict[str, Any], optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """The inverse of ``optimizer_state_to_local``: local shards re-wrapped like the parameters they belong to."""
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    out = {}
-    for index, param_state in state["state"].items():
-        param = params[int(index)]
-        out[index] = {
-            k: DTensor.from_local(
-                v, param.device_mesh, param.placements, run_check=False, shape=param.shape, stride=param.stride()
-            )
-            if isinstance(param, DTensor) and isinstance(v, torch.Tensor) and v.dim() > 0
-            else v
-            for k, v in param_state.items()
-        }
-    return {"param_groups": state["param_groups"], "state": out}

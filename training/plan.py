@@ -281,26 +281,28 @@ def _update_advice(config: RunConfig, shape: ModelShape, gpus: int, gpu_memory_g
     return "set " + ", ".join(changes)
 
 
-def format_plan(plan: Plan, checkpoint_params: int) -> str:
+def format_plan(plan: Plan, checkpoint_params: int, export_dtype: str) -> str:
     gib = lambda n: f"{n / GIB:8.2f}"  # noqa: E731
     rows = [plan.title, "per GPU                                   GiB"]
     rows += [f"  {name:<38} {gib(value)}  {note}".rstrip() for name, value, note in plan.lines]
     rows.append(f"  {'update peak':<38} {gib(plan.update_peak)}  of {plan.gpu_bytes / GIB:g}")
     rows.append(f"  {'rollout peak':<38} {gib(plan.rollout_peak)}  trainer state kept + vLLM share")
-    dcp, export = 12 * checkpoint_params, 2 * checkpoint_params
+    # the trainer exports best and final in the compute dtype (train.py, checkpoint_now)
+    dcp, export = 12 * checkpoint_params, (2 if export_dtype == "bfloat16" else 4) * checkpoint_params
     rows.append(
         f"checkpoint on disk: {dcp / GIB:.1f} GiB of DCP shards (model + AdamW, float32) + {export / GIB:.1f} GiB "
-        f"bfloat16 HF export (best and final only)"
+        f"{export_dtype} HF export (best and final only)"
     )
     rows.append("fits" if plan.fits else "does NOT fit: " + "; ".join(plan.advice))
     return "\n".join(rows)
 
 
-def check_capacity(config: RunConfig, gpus: int, gpu_memory_gb: float) -> Plan | None:
+def check_capacity(config: RunConfig, gpus: int, gpu_memory_gb: float, model_dir: Path | None = None) -> Plan | None:
     """The trainer's guard before it loads a model on GPU: raises ``CapacityError`` (one line) when the run cannot
-    fit, unless ``model.skip_capacity_check``. A model whose shape is unknown here is not checked (a warning)."""
+    fit, unless ``model.skip_capacity_check``. The shape comes from ``model_dir`` (the resolved model folder) when
+    given, else from ``model.path``; a model whose shape is unknown here is not checked (a warning)."""
     try:
-        shape = load_shape(config.model.path)
+        shape = load_shape(str(model_dir) if model_dir is not None else config.model.path)
     except ValueError as error:
         print(f"warning: capacity check skipped: {error}", file=sys.stderr)
         return None
@@ -339,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     result = plan(config, shape, args.gpus, args.gpu_memory_gb, args.nodes)
-    print(format_plan(result, shape.params))
+    print(format_plan(result, shape.params, config.model.compute_dtype))
     return 0 if result.fits else 1
 
 

@@ -33,7 +33,7 @@ from transformers.utils import logging as hf_logging
 from algorithms import advantages_with_metrics
 from evals import render_prompt
 from evals.cli import one_line_errors
-from rollout import Engine, TransformersEngine, load_engine, resolve_model_path
+from rollout import Engine, TransformersEngine, load_engine
 from training import runlog
 from training.checkpoint import (
     EXIT_STOPPED,
@@ -46,7 +46,7 @@ from training.checkpoint import (
     stop_on_signals,
     stop_requested,
 )
-from training.checks import claim_run_dir
+from training.checks import Claim, claim_run_dir
 from training.collect import collect
 from training.config import PROFILES, RunConfig, apply_overrides, from_dict, to_dict
 from training.distributed import (
@@ -89,7 +89,7 @@ def train(config: RunConfig, resume: str = "auto", meta: dict[str, Any] | None =
                 claim = claim_run_dir(config, info)
             except ValueError as error:
                 raise ConfigError(str(error)) from None
-            return _train(config, resume, meta or {}, info, received, claim.problems)
+            return _train(config, resume, meta or {}, info, received, claim)
         except BaseException as error:
             # the traceback keeps _train's locals alive; DDP's reducer freed after its process group deadlocks
             # (gloo's destructor joins a thread that waits for the GIL held by the freeing thread): free them first
@@ -105,7 +105,7 @@ def train(config: RunConfig, resume: str = "auto", meta: dict[str, Any] | None =
 
 
 def _train(
-    config: RunConfig, resume: str, meta: dict[str, Any], info: DistInfo, received: dict[str, int], problems: list
+    config: RunConfig, resume: str, meta: dict[str, Any], info: DistInfo, received: dict[str, int], claim: Claim
 ) -> Path:
     start_time = time.perf_counter()
     hf_logging.disable_progress_bar()
@@ -126,19 +126,16 @@ def _train(
     barrier(info)
 
     # --- model, optimiser, reference, engine -------------------------------------------------------------------
-    if config.model.path is not None:
-        try:  # a folder, or a Hub id resolved to its snapshot folder (downloaded, or the cache when offline)
-            model_dir = resolve_model_path(config.model.path)
-        except ValueError as error:
-            raise ConfigError(f"model.path: {error}") from None
-    else:  # the embedded default, built on first use and cached
+    model_dir = claim.model_dir  # model.path resolved (a Hub id to its snapshot folder) by claim_run_dir
+    if model_dir is None:  # the embedded default: shipped, or built on first use and cached
         from training.tiny import ensure_tiny_model
 
         model_dir = ensure_tiny_model()
     tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if info.device.type == "cuda":  # refuse a run predicted not to fit before loading anything on the GPU
-        check_capacity(config, info.world_size, torch.cuda.get_device_properties(info.device).total_memory / 2**30)
+        gpu_gib = torch.cuda.get_device_properties(info.device).total_memory / 2**30
+        check_capacity(config, info.world_size, gpu_gib, model_dir)
     compute_dtype = getattr(torch, config.model.compute_dtype)
     trainer = load_model(model_dir, config, info)
     optim = config.optim
@@ -170,6 +167,7 @@ def _train(
 
     # --- data -----------------------------------------------------------------------------------------------
     template = config.model.prompt_template
+    problems = claim.problems
     prompts = [render_prompt(template, problem.problem, tokenizer) for problem in problems]
 
     log = runlog.RunLog(
@@ -228,8 +226,9 @@ def _train(
             logp_model = unwrap(trainer) if not is_sharded(trainer) else trainer
             old_logp_BT = old_entropy_BT = old_stats = None  # one optimiser step, advantages blind to it: own logp
             if old_policy_forward_needed(config):
-                old = batch_logps(logp_model, batch, config, info, pad_id, config.algorithm.advantages_read_logits)
-                old_logp_BT, old_entropy_BT, old_stats = old if len(old) == 3 else (*old, None)
+                old_logp_BT, old_entropy_BT, old_stats = batch_logps(
+                    logp_model, batch, config, info, pad_id, config.algorithm.advantages_read_logits
+                )
             ref_logp_BT = batch_logps(reference, batch, config, info, pad_id)[0] if reference is not None else None
             advantages = advantages_with_metrics(
                 config.algorithm, batch.rewards_B, old_logp_BT, batch.mask_BT, config.rollout.group_size,

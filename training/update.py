@@ -145,9 +145,9 @@ def old_policy_forward_needed(config: RunConfig) -> bool:
 @torch.no_grad()
 def batch_logps(
     model: nn.Module, batch: StepBatch, config: RunConfig, info: DistInfo, pad_id: int, logit_stats: bool = False
-) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, LogitStats]:
-    """(logp_BT, entropy_BT) of the whole batch under ``model`` at the rollout temperature, identical on all ranks;
-    with ``logit_stats`` (UCAS) also their ``LogitStats``."""
+) -> tuple[Tensor, Tensor, LogitStats | None]:
+    """(logp_BT, entropy_BT, stats) of the whole batch under ``model`` at the rollout temperature, identical on all
+    ranks; ``stats`` are the ``LogitStats`` (UCAS) when ``logit_stats``, else None."""
     B, T = batch.tokens_BT.shape
     dtype = getattr(torch, config.model.compute_dtype)
     rows = rank_share(list(range(B)), info)
@@ -165,7 +165,7 @@ def batch_logps(
     mine = tuple(torch.cat([p[k] for p in parts])[back] for k in range(len(parts[0])))
     gathered = all_gather_objects(mine, info)
     logp_BT, entropy_BT, *stats = (torch.cat([g[k] for g in gathered]) for k in range(len(mine)))
-    return (logp_BT, entropy_BT, LogitStats(*stats)) if logit_stats else (logp_BT, entropy_BT)
+    return logp_BT, entropy_BT, LogitStats(*stats) if logit_stats else None
 
 
 def update_policy(
