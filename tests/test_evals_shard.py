@@ -1,6 +1,7 @@
 """Evaluation on every rank: chunks dealt out over data-parallel groups, rows gathered on rank 0, and 2 torchrun
 ranks (gloo, CPU) writing exactly the rows one process writes; per-benchmark n resolved from the protocols."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -49,8 +50,9 @@ def test_a_shard_outside_its_groups_is_an_error():
 )
 def test_eval_shard_groups_tensor_parallel_ranks(engine: str, tp: int, rank: int, world: int, want: Shard):
     config = paper()
-    config = config.__class__(**{**config.__dict__, "rollout": config.rollout.__class__(
-        **{**config.rollout.__dict__, "engine": engine, "vllm_tensor_parallel": tp})})  # fmt: skip
+    config = dataclasses.replace(
+        config, rollout=dataclasses.replace(config.rollout, engine=engine, vllm_tensor_parallel=tp)
+    )
     assert eval_shard(config, DistInfo(rank, world, rank, None)) == want
 
 

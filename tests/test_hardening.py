@@ -93,7 +93,7 @@ def test_sigterm_stops_a_local_sweep_with_its_trainers_and_a_relaunch_leaves_a_r
     command = [sys.executable, "sweeps/compare.py", "--methods", "grpo", "--seeds", "1", "--steps", "10000",
                "--model", str(tiny_model_dir), "--out", str(sweep), "--parallel", "1", *flags]  # fmt: skip
     launcher = subprocess.Popen(command, cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    (run,) = [p for p in sweep.glob("*") if p.is_dir() and not p.name.startswith(".")] or [None]
+    run = None  # the launcher writes the run folder's config.json first
     try:
         deadline = time.monotonic() + 120
         while run is None and time.monotonic() < deadline:
