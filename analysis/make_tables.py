@@ -2,12 +2,13 @@
 
     python analysis/make_tables.py [SWEEP_DIR ...] [--out results/report]
 
-With no directory it reads every sweep under results/. Per sweep: the main table (every arm, difference from
-the baseline arm with a paired test), the ablation table when its sweep.json says ``"kind": "ablation"``, the
-sensitivity table for ``"sensitivity"``, each followed by one sentence per comparison (difference, CI, p-value,
-the difference the seeds could detect); the mechanism table (``analysis.mechanisms``: which mechanism each arm
-exercised); training curves against step and generated tokens, pass@k curves, ablation bars. Runs in progress
-(no summary.json) are left out and listed.
+With no directory it reads every sweep under results/. Per sweep: the main table (every arm, the warm start
+first, difference from the baseline arm with a paired test; without one, from the warm start), the ablation
+table when its sweep.json says ``"kind": "ablation"``, the sensitivity table for ``"sensitivity"``, each followed
+by one sentence per comparison (difference, CI, p-value, the difference the seeds could detect); the mechanism
+table (``analysis.mechanisms``: which mechanism each arm exercised; a run that trained no step has no row);
+training curves against step and generated tokens, pass@k curves, ablation bars. Runs in progress (no
+summary.json) are left out and listed.
 """
 
 import argparse
@@ -20,9 +21,20 @@ if __package__ in (None, ""):  # run as a plain file: make the repo root importa
 from analysis.figures import plot_ablation_bars, plot_pass_at_k, plot_training_curves
 from analysis.load import Results, load_results, save_results
 from analysis.mechanisms import EDGE_STEPS, mechanism_table
-from analysis.tables import Table, build_table, comparison_sentences, run_scores, to_frame, to_latex, to_markdown
+from analysis.tables import (
+    WARM_START,
+    Table,
+    arm_label,
+    build_table,
+    comparison_sentences,
+    run_scores,
+    to_frame,
+    to_latex,
+    to_markdown,
+)
 
 REPO = Path(__file__).resolve().parents[1]
+SENTENCES_HEADER = "Average Pass@1, paired over seeds (t-test; detectable: 80% power at alpha 0.05):"
 
 
 def _arms_in_order(results: Results, sweep: str) -> list[str]:
@@ -40,27 +52,35 @@ def sweep_tables(results: Results, sweep: str, baseline: str) -> list[Table]:
     info = results.sweeps[sweep]
     arms = _arms_in_order(results, sweep)
     scores = run_scores(results.evals[results.evals["sweep"] == sweep])
+    # without the baseline arm (a sensitivity sweep), differences are what RL gained over the warm start
+    reference = baseline if baseline in arms else (WARM_START if WARM_START in arms else None)
     tables = [
         build_table(
             scores,
             f"{sweep}-main",
-            f"{sweep}: Pass@1 and Pass@K (%) on the test benchmarks, mean ± 95% CI over seeds; "
-            f"Δ is the paired difference from {baseline} (paired t-test p-value).",
+            f"{sweep}: Pass@1 and Pass@K (%) on the test benchmarks, mean ± 95% CI over seeds"
+            + (
+                f"; Δ is the paired difference from {arm_label(reference)} (paired t-test p-value)."
+                if reference
+                else "."
+            ),
             arms,
-            reference=baseline if baseline in arms else None,
+            row_labels=[arm_label(arm) for arm in arms],
+            reference=reference,
         )
     ]
     planned = {arm["arm"]: arm for arm in info.get("arms", [])}
+    trained = [arm for arm in arms if arm != WARM_START]  # the ablation and sensitivity tables are about training
     match info.get("kind"):
         case "ablation":
             full = info["reference"]
-            text = {a: _changes_text(planned[a].get("changes", {})) for a in arms if a in planned}
+            text = {a: _changes_text(planned[a].get("changes", {})) for a in trained if a in planned}
             tables.append(
                 build_table(
                     scores,
                     f"{sweep}-ablation",
                     f"{sweep}: ablation of {full}; Pass@1 (%) per benchmark, averages, Δ from the full method.",
-                    arms,
+                    trained,
                     per_benchmark=("Pass@1",),
                     reference=full if full in arms else None,
                     text=text,
@@ -69,7 +89,7 @@ def sweep_tables(results: Results, sweep: str, baseline: str) -> list[Table]:
             )
         case "sensitivity":
             parameter = info["parameter"]
-            ordered = sorted((a for a in arms if a in planned), key=lambda a: planned[a]["value"])
+            ordered = sorted((a for a in trained if a in planned), key=lambda a: planned[a]["value"])
             tables.append(
                 build_table(
                     scores,
@@ -84,6 +104,28 @@ def sweep_tables(results: Results, sweep: str, baseline: str) -> list[Table]:
         case _:  # compare: the main table only
             pass
     return tables
+
+
+def table_sentences(results: Results, sweep: str, table: Table) -> list[str]:
+    """The comparison sentence of every row of ``table`` against its reference (none without a reference)."""
+    if table.reference is None:
+        return []
+    scores = run_scores(results.evals[results.evals["sweep"] == sweep])
+    return comparison_sentences(scores, list(table.rows), table.reference)
+
+
+def sweep_mechanisms(results: Results, sweep: str) -> Table:
+    """The mechanism table of one sweep: a row per arm that logged training steps (not the warm start)."""
+    curves = results.curves[results.curves["sweep"] == sweep]
+    logged = set(curves["arm"])
+    return mechanism_table(
+        curves,
+        [arm for arm in _arms_in_order(results, sweep) if arm in logged],
+        f"{sweep}-mechanisms",
+        f"{sweep}: mechanisms in play, per run then mean ± 95% CI over seeds: shares of group kinds, of "
+        f"all-correct groups with a nonzero intrinsic advantage, calibration scale s, intrinsic share of the "
+        f"advantage mass, entropy over the first and last {EDGE_STEPS} steps, response length, tokens, time.",
+    )
 
 
 def write_table(table: Table, out_dir: Path) -> str:
@@ -142,22 +184,12 @@ def make_report(paths: list[Path], out_dir: Path, baseline: str = "grpo") -> Res
         if not (results.evals["sweep"] == sweep).any():
             lines += ["No finished runs yet.", ""]
             continue
-        scores = run_scores(results.evals[results.evals["sweep"] == sweep])
         for table in sweep_tables(results, sweep, baseline):
             lines += [f"### {table.caption}", "", write_table(table, out_dir)]
             lines += [f"[LaTeX](tables/{table.name}.tex) · [CSV](tables/{table.name}.csv)", ""]
             if table.reference is not None:
-                sentences = comparison_sentences(scores, list(table.rows), table.reference)
-                lines += ["Average Pass@1, paired over seeds (t-test; detectable: 80% power at alpha 0.05):", ""]
-                lines += [f"- {sentence}" for sentence in sentences] + [""]
-        table = mechanism_table(
-            results.curves[results.curves["sweep"] == sweep],
-            _arms_in_order(results, sweep),
-            f"{sweep}-mechanisms",
-            f"{sweep}: mechanisms in play, per run then mean ± 95% CI over seeds: shares of group kinds, of "
-            f"all-correct groups with a nonzero intrinsic advantage, calibration scale s, intrinsic share of the "
-            f"advantage mass, entropy over the first and last {EDGE_STEPS} steps, response length, tokens, time.",
-        )
+                lines += [SENTENCES_HEADER, ""] + [f"- {s}" for s in table_sentences(results, sweep, table)] + [""]
+        table = sweep_mechanisms(results, sweep)
         lines += [f"### {table.caption}", "", write_table(table, out_dir)]
         lines += [f"[LaTeX](tables/{table.name}.tex) · [CSV](tables/{table.name}.csv)", ""]
         for caption, png in sweep_figures(results, sweep, out_dir):

@@ -19,6 +19,8 @@ from analysis.stats import PairedDiff, mean_ci, paired_diff
 
 AVERAGE = "Average"
 DIGITS = 1  # printed precision, in percentage points
+# The arm every sweep adds for the model before RL (sweeps.spec.WARM_START; analysis reads files, never sweeps/)
+WARM_START = "warm_start"
 PASS_K = re.compile(r"^pass@(\d+)$")
 
 
@@ -47,6 +49,11 @@ class Table:
     columns: tuple[tuple[str, str], ...]
     cells: dict[tuple[str, tuple[str, str]], Cell]
     reference: str | None = None  # the arm the difference columns compare against
+
+
+def arm_label(arm: str) -> str:
+    """How tables and sentences name an arm: 'warm start' for the model before RL, else the arm's own name."""
+    return "warm start" if arm == WARM_START else arm
 
 
 def _pass1_metric(metrics: set[str]) -> str | None:
@@ -130,7 +137,7 @@ def build_table(
     columns = list(score_columns)
     if reference is not None:
         for column in [col for col in scores.columns if col[0] == AVERAGE]:
-            diff_column = (f"Δ vs {reference}", column[1])
+            diff_column = (f"Δ vs {arm_label(reference)}", column[1])
             columns.append(diff_column)
             base = _by_seed(scores, reference, column)
             for arm in arms:
@@ -263,11 +270,17 @@ def comparison_sentence(arm: str, reference: str, diff: PairedDiff, alpha: float
 
 
 def comparison_sentences(scores: pd.DataFrame, arms: list[str], reference: str, label: str = "Pass@1") -> list[str]:
-    """The sentence of every arm against ``reference`` on the Average ``label`` column (paired over seeds)."""
+    """The sentence of every arm against ``reference`` on the Average ``label`` column (paired over seeds); the
+    warm start's is turned round ('grpo vs warm start: ...', reference minus warm start): what RL gained."""
     column = (AVERAGE, label)
     base = _by_seed(scores, reference, column)
-    return [
-        comparison_sentence(arm, reference, paired_diff(_by_seed(scores, arm, column), base))
-        for arm in arms
-        if arm != reference
-    ]
+    sentences = []
+    for arm in arms:
+        if arm == reference:
+            continue
+        own = _by_seed(scores, arm, column)
+        if arm == WARM_START:
+            sentences.append(comparison_sentence(reference, arm_label(arm), paired_diff(base, own)))
+        else:
+            sentences.append(comparison_sentence(arm, arm_label(reference), paired_diff(own, base)))
+    return sentences

@@ -9,7 +9,8 @@ Components (Miner, arXiv 2601.04731), each one Algorithm field switched off:
     calib      calibration=False      (intrinsic advantages not scaled by the adaptive calibration s)
 ``loo`` (leave-one-out) runs the full method and the method minus each component; ``factorial`` all 2^k on/off
 combinations. The GRPO baseline runs with the sweep's shared settings, whose KL coefficient and aggregation
-default to the base method's, so GRPO differs from the full method only in the method's own fields.
+default to the base method's, so GRPO differs from the full method only in the method's own fields. The warm
+start (``sweeps.spec.WARM_START``: the model before RL, tested, not trained) is one more run per seed.
 """
 
 import argparse
@@ -24,7 +25,7 @@ if __package__ in (None, ""):  # run as a plain file: make the repo root importa
 from algorithms import ALGORITHMS
 from sweeps.launch import sweep_main
 from sweeps.options import base_config, seeds, shared_from_args
-from sweeps.spec import Arm, Sweep
+from sweeps.spec import WARM_START, Arm, Sweep
 
 # component -> (Algorithm field, the value that switches the component off)
 COMPONENTS: dict[str, tuple[str, Any]] = {
@@ -87,7 +88,7 @@ def build(args: argparse.Namespace) -> Sweep:
         profile=args.profile,
         base=base,
         shared=shared_from_args(args, base, args.base),
-        arms=tuple(component_arms(args.base, components, args.design)),
+        arms=(WARM_START, *component_arms(args.base, components, args.design)),
         seeds=seeds(args),
         reference=args.base,
     )

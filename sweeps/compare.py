@@ -5,6 +5,7 @@
 Every arm is a preset as its paper defines it, except the settings the sweep shares (learning rate, lengths,
 samples per prompt, KL coefficient, and the aggregation of presets that keep GRPO's); ``plan.md`` lists each
 arm's departures. The KL coefficient defaults to the profile's algorithm's (tiny: GRPO's 0.04; paper: Miner's).
+The warm start (``sweeps.spec.WARM_START``: the model before RL, tested, not trained) is one more run per seed.
 """
 
 import argparse
@@ -17,7 +18,7 @@ if __package__ in (None, ""):  # run as a plain file: make the repo root importa
 from algorithms import ALGORITHMS
 from sweeps.launch import sweep_main
 from sweeps.options import base_config, seeds, shared_from_args
-from sweeps.spec import Arm, Sweep
+from sweeps.spec import WARM_START, Arm, Sweep
 
 # Miner's comparison (2601.04731): the RLVR baselines, the exploration baselines, then Miner. Other presets
 # (dr_grpo, entropy_bonus, high_entropy_mask) run with --methods.
@@ -59,7 +60,7 @@ def build(args: argparse.Namespace) -> Sweep:
         profile=args.profile,
         base=base,
         shared=shared_from_args(args, base, base.preset),
-        arms=tuple(Arm(name) for name in parse_methods(args.methods)),
+        arms=(WARM_START, *(Arm(name) for name in parse_methods(args.methods))),
         seeds=seeds(args),
         reference="grpo",
     )

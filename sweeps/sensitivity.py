@@ -6,6 +6,7 @@
 Miner (arXiv 2601.04731) scales intrinsic advantages by s = min(1, lambda * sum|A_verifiable| / sum|A_intrinsic|)
 with lambda = 0.0015; the grid spans it by about 3x each way. Any float field of the Algorithm can be swept the
 same way with ``--parameter``. Differences are reported against the preset's own value when it is on the grid.
+The warm start (``sweeps.spec.WARM_START``: the model before RL, tested, not trained) is one more run per seed.
 """
 
 import argparse
@@ -19,7 +20,7 @@ if __package__ in (None, ""):  # run as a plain file: make the repo root importa
 from algorithms import ALGORITHMS, Algorithm
 from sweeps.launch import sweep_main
 from sweeps.options import base_config, seeds, shared_from_args
-from sweeps.spec import Arm, Sweep
+from sweeps.spec import WARM_START, Arm, Sweep
 
 GRID = (0.0005, 0.0015, 0.005, 0.015)
 
@@ -58,7 +59,7 @@ def build(args: argparse.Namespace) -> Sweep:
         profile=args.profile,
         base=base,
         shared=shared_from_args(args, base, args.base),
-        arms=tuple(arms),
+        arms=(WARM_START, *arms),
         seeds=seeds(args),
         reference=reference,
         parameter=args.parameter,

@@ -41,11 +41,21 @@ class Arm:
     tag: str = ""
     overrides: tuple[tuple[str, Any], ...] = ()
     value: float | None = None
+    steps: int | None = None  # None: the sweep's shared steps; 0: no training, the test of the initial model only
 
     @property
     def name(self) -> str:
-        """The arm label tables use: ``{preset}-{tag}`` (the run id without seed and hash)."""
+        """The arm label tables use: ``{preset}-{tag}`` (the run id without seed and hash); an arm that trains no
+        step runs no preset, so it is named by its tag alone."""
+        if self.steps == 0:
+            return self.tag
         return f"{self.preset}-{self.tag}" if self.tag else self.preset
+
+
+# The model before RL as an arm of every sweep: one run per seed tests it with the sweep's test settings (its test
+# sampling seed is the one a trained run uses when its best-on-dev checkpoint is step 0), so it pairs by seed with
+# every arm. Its config is GRPO's under the shared settings; with no step trained, the algorithm is never used.
+WARM_START = Arm("grpo", tag="warm_start", steps=0)
 
 
 @dataclass(frozen=True)
@@ -123,7 +133,7 @@ def arm_fields(arm: Arm, shared: Shared) -> dict[str, Any]:
 def run_config(sweep: Sweep, arm: Arm, seed: int, sweep_dir: Path) -> RunConfig:
     """The resolved config of one run, written to ``sweep_dir / run_id``."""
     config = with_algorithm(apply_shared(sweep.base, sweep.shared), arm.preset, **arm_fields(arm, sweep.shared))
-    config = dataclasses.replace(config, tag=arm.tag, seed=seed)
+    config = dataclasses.replace(config, tag=arm.tag, seed=seed, steps=config.steps if arm.steps is None else arm.steps)
     return dataclasses.replace(config, out_dir=str(Path(sweep_dir).resolve() / config.run_id))
 
 

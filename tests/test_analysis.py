@@ -337,3 +337,54 @@ def test_mechanism_table_columns_from_a_synthetic_sweep(tmp_path: Path):
     assert table.cells[("grpo", ("groups %", "all-correct"))].mean == pytest.approx(25.0)
     rows = {line.split(" | ")[0].strip("| "): line for line in to_markdown(table).splitlines()}
     assert "| 0.708 ± 0.000 |" in rows["miner"] and "| 600 ± 0 |" in rows["miner"] and "| – |" in rows["grpo"]
+
+
+# the model before RL, tested per seed: (add pass@1, pass@4), (mul pass@1, pass@4); averages 20, 20, 25
+WARM = {0: ((0.30, 0.50), (0.10, 0.20)), 1: ((0.30, 0.50), (0.10, 0.20)), 2: ((0.40, 0.60), (0.10, 0.20))}
+
+
+def add_warm_start(sweep_dir: Path) -> None:
+    """Warm-start run folders as the trainer writes them with steps=0: no metrics.jsonl, the test at step 0."""
+    for seed, ((add1, add4), (mul1, mul4)) in WARM.items():
+        run_dir = sweep_dir / f"grpo-warm_start-s{seed}-{seed:06x}"
+        run_dir.mkdir()
+        (run_dir / "config.json").write_text(json.dumps({"seed": seed, "steps": 0, "meta": {"arm": "warm_start"}}))
+        test = {
+            name: {"avg@4": p1, "pass@1": p1, "pass@2": (p1 + p4) / 2, "pass@4": p4}
+            for name, (p1, p4) in (("add", (add1, add4)), ("mul", (mul1, mul4)))
+        }
+        summary = {"steps": 0, "best_step": 0, "generated_tokens": 0, "wall_time_s": 1.0, "test": test}
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+    plan = json.loads((sweep_dir / "sweep.json").read_text())
+    plan["arms"].insert(0, {"arm": "warm_start", "value": None, "changes": {"steps": 0}})
+    (sweep_dir / "sweep.json").write_text(json.dumps(plan))
+
+
+def test_warm_start_row_sentence_and_no_mechanism_row(sweep_dir: Path, tmp_path: Path):
+    add_warm_start(sweep_dir)
+    results = load_results([sweep_dir])
+    main, ablation = sweep_tables(results, "abl", "grpo")
+    assert main.rows == ("warm_start", "miner", "miner-no_focal", "grpo") and main.row_labels[0] == "warm start"
+    assert "warm_start" not in ablation.rows  # the ablation table is about the method's components
+    # Average Pass@1 of the warm start: (30+10)/2, (30+10)/2, (40+10)/2 = 20, 20, 25 -> mean 65/3
+    assert main.cells[("warm_start", ("Average", "Pass@1"))].mean == pytest.approx(65 / 3)
+    # its Δ vs grpo (30, 35, 40): -10, -15, -15
+    assert main.cells[("warm_start", ("Δ vs grpo", "Pass@1"))].mean == pytest.approx(-40 / 3)
+    out = tmp_path / "report"
+    make_report([sweep_dir], out)
+    index = (out / "index.md").read_text()
+    # grpo - warm start per seed: 10, 15, 15 -> mean 13.33, sd = sqrt((3.333^2 + 1.667^2 * 2) / 2) = 2.887;
+    # t = 13.33 / (2.887 / sqrt 3) = 8, p = 1 - 8 / sqrt(66) = 0.0153; half width 4.302653 * 1.6667 = 7.17;
+    # detectable 3.2640 * 2.887 = 9.42
+    sentence = (
+        "- grpo vs warm start: +13.3 points (95% CI 6.2..20.5, p = 0.015): significant at 3 seeds; "
+        "detectable difference 9.4 points."
+    )
+    assert sentence in index and "warm_start vs grpo" not in index
+    # add Pass@1 30, 30, 40: mean 33.3, sd 5.774, half width 4.302653 * 5.774 / sqrt 3 = 14.3
+    assert "| warm start | 33.3 ± 14.3 |" in (out / "tables" / "abl-main.md").read_text()
+    mechanisms = (out / "tables" / "abl-mechanisms.md").read_text()
+    assert "| miner |" in mechanisms and "warm" not in mechanisms  # no training step, no mechanism row
+    # a sweep without the baseline arm (sensitivity) compares every arm with the warm start
+    main, _ = sweep_tables(results, "abl", "absent")
+    assert main.cells[("miner", ("Δ vs warm start", "Pass@1"))].mean == pytest.approx(140 / 3 - 65 / 3)

@@ -29,14 +29,14 @@ def parse(module, argv: list[str]):
 
 def test_leave_one_out_and_factorial_arms():
     sweep = parse(ablation, ["--components", "focal,calib"])
-    assert [a.name for a in sweep.arms] == ["miner", "miner-no_focal", "miner-no_calib", "grpo"]
-    assert dict(sweep.arms[1].overrides) == {"credit": "uniform"} and dict(sweep.arms[2].overrides) == {
+    assert [a.name for a in sweep.arms] == ["warm_start", "miner", "miner-no_focal", "miner-no_calib", "grpo"]
+    assert dict(sweep.arms[2].overrides) == {"credit": "uniform"} and dict(sweep.arms[3].overrides) == {
         "calibration": False
     }
     factorial = parse(ablation, ["--components", "intrinsic,focal,calib", "--design", "factorial", "--seeds", "2"])
     names = [a.name for a in factorial.arms]
-    assert len(names) == 2**3 + 1 and names[0] == "miner" and names[-2] == "miner-no_intrinsic_focal_calib"
-    assert len(sweep_runs(factorial, Path("/tmp/x"))) == 9 * 2
+    assert len(names) == 1 + 2**3 + 1 and names[1] == "miner" and names[-2] == "miner-no_intrinsic_focal_calib"
+    assert len(sweep_runs(factorial, Path("/tmp/x"))) == 10 * 2
 
 
 @pytest.mark.parametrize(
@@ -61,10 +61,12 @@ def test_component_already_off_in_the_base(capsys: pytest.CaptureFixture):
 def test_runs_share_settings_and_differ_only_in_their_arm(tmp_path: Path):
     sweep = parse(ablation, ["--components", "focal,calib", "--lr", "3e-5", "--group-size", "4"])
     runs = sweep_runs(sweep, tmp_path)
-    assert len(runs) == 4 * 3 and len({r.run_id for r in runs}) == 12
+    assert len(runs) == 5 * 3 and len({r.run_id for r in runs}) == 15
     for run in runs:
         digest = run.run_id.rsplit("-", 1)[1]  # {preset}-{tag}-s{seed}-{hash[:6]}, the arm being {preset}-{tag}
-        assert run.run_id == f"{run.arm}-s{run.seed}-{digest}" and len(digest) == 6
+        arm = "grpo-warm_start" if run.arm == "warm_start" else run.arm  # the warm start: GRPO's config, 0 steps
+        assert run.run_id == f"{arm}-s{run.seed}-{digest}" and len(digest) == 6
+        assert run.config.steps == (0 if run.arm == "warm_start" else 40)  # tiny sweeps: 40 steps
         assert digest == config_hash(run.config)[:6]
         assert Path(run.config.out_dir) == tmp_path.resolve() / run.run_id
         assert (run.config.optim.lr, run.config.rollout.group_size) == (3e-5, 4)
@@ -76,13 +78,14 @@ def test_runs_share_settings_and_differ_only_in_their_arm(tmp_path: Path):
     assert arms["miner-no_focal"]["changes"] == {"algorithm.credit": "uniform"}
     assert arms["grpo"]["changes"] == {"algorithm.intrinsic": False, "algorithm.calibration": False}
     assert arms["miner"]["departures"] == {"algorithm.intrinsic": True, "algorithm.calibration": True}
+    assert arms["warm_start"]["departures"] == {"steps": 0}  # GRPO's config under the shared settings, untrained
     assert report["shared"]["lr"] == 3e-5
 
 
 def test_shared_aggregation_only_where_a_method_has_none_of_its_own(tmp_path: Path):
     sweep = parse(compare, ["--methods", "dapo,grpo,gspo", "--aggregation", "seq_mean_token_sum_norm", "--seeds", "1"])
     algos = {r.arm: r.config.algorithm for r in sweep_runs(sweep, tmp_path)}
-    assert list(algos) == ["grpo", "dapo", "gspo"]  # GRPO first: the reference
+    assert list(algos) == ["warm_start", "grpo", "dapo", "gspo"]  # the warm start, then GRPO: the reference
     assert algos["grpo"].aggregation == algos["gspo"].aggregation == "seq_mean_token_sum_norm"
     assert algos["dapo"].aggregation == "token_mean"  # DAPO defines its own
     assert {a.kl_coef for a in algos.values()} == {ALGORITHMS["grpo"].kl_coef}  # tiny profile's algorithm: GRPO
@@ -90,9 +93,9 @@ def test_shared_aggregation_only_where_a_method_has_none_of_its_own(tmp_path: Pa
 
 def test_sensitivity_grid_and_reference(tmp_path: Path):
     sweep = parse(sensitivity, ["--values", "0.001,0.0015,0.01", "--seeds", "1"])
-    assert [a.value for a in sweep.arms] == [0.001, 0.0015, 0.01]
+    assert [a.value for a in sweep.arms] == [None, 0.001, 0.0015, 0.01]  # the warm start first
     assert sweep.reference == "miner-calibration_lambda0.0015"
-    lambdas = [r.config.algorithm.calibration_lambda for r in sweep_runs(sweep, tmp_path)]
+    lambdas = [r.config.algorithm.calibration_lambda for r in sweep_runs(sweep, tmp_path)[1:]]
     assert lambdas == [0.001, 0.0015, 0.01]
     with pytest.raises(ValueError, match="'credit' is not a float Algorithm field"):
         parse(sensitivity, ["--parameter", "credit"])
@@ -104,7 +107,7 @@ def test_paper_profile_slurm_dry_run(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert compare.main([*argv, "--account", "lab", "--qos", "high"]) == 0
     printed = capsys.readouterr().out
     for line in (
-        "#SBATCH --array=0-29%8",  # 10 methods x 3 seeds, 8 at a time
+        "#SBATCH --array=0-32%8",  # (the warm start + 10 methods) x 3 seeds, 8 at a time
         "#SBATCH --gpus-per-node=8",
         "#SBATCH --cpus-per-task=64",
         "#SBATCH --mem=800GB",

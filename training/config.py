@@ -156,7 +156,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     dist: DistConfig = field(default_factory=DistConfig)
-    steps: int = 100  # the embedded default (its time and held-out gain: README, "The embedded default")
+    steps: int = 100  # the embedded default (README, "The embedded default"); 0: only the test of the initial model
     seed: int = 0
     tag: str = ""
     out_dir: str | None = None  # None: <this repository>/results/local/<run_id> (runlog.run_dir_of)
@@ -169,7 +169,6 @@ class RunConfig:
                 f"preset={self.preset!r} is not an algorithm preset; choose one of: {', '.join(ALGORITHMS)}"
             )
         positive = {
-            "steps": self.steps,
             "rollout.prompts_per_step": self.rollout.prompts_per_step,
             "rollout.group_size": self.rollout.group_size,
             "rollout.max_new_tokens": self.rollout.max_new_tokens,
@@ -191,6 +190,7 @@ class RunConfig:
             if not value > 0:
                 raise ValueError(f"{name}={value!r} must be > 0")
         non_negative = {
+            "steps": self.steps,
             "rollout.max_extra_rounds": self.rollout.max_extra_rounds,
             "optim.warmup_steps": self.optim.warmup_steps,
             "optim.grad_clip": self.optim.grad_clip,

@@ -259,7 +259,8 @@ def final_report(run_dir: Path) -> str:
     lines = [f"run folder: {run_dir}"]
     if path.is_file():
         summary = json.loads(path.read_text())
-        lines.append(f"test scores (best-on-dev checkpoint, step {summary.get('best_step')}):")
+        tested = f"best-on-dev checkpoint, step {summary.get('best_step')}" if summary.get("steps") else "initial model"
+        lines.append(f"test scores ({tested}):")
         for task, metrics in summary.get("test", {}).items():
             shown = [f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float | int) and "_se" not in k][:4]
             lines.append(f"  {task:24s} " + "  ".join(shown))

@@ -6,7 +6,8 @@ Per step: sample P prompts -> the engine generates G completions each -> grade w
 shape rewards -> group filter (refill while too few groups) -> old log-probs at the rollout temperature ->
 reference log-probs (when kl_coef > 0) -> advantages over the whole batch -> epochs x mini-batches x micro-batches
 of AdamW. Validation every ``eval.every`` steps; after the last step the best-on-dev checkpoint is evaluated on the
-test benchmarks and ``summary.json`` is written last. Nothing here branches on an algorithm's name.
+test benchmarks and ``summary.json`` is written last; ``steps=0`` tests the initial model and nothing else (no
+validation, no checkpoint). Nothing here branches on an algorithm's name.
 
 One run is complete on its own: ``config.json`` before step 0, then ``metrics.jsonl``, ``samples.jsonl``,
 ``eval.jsonl``, ``checkpoints/`` and finally ``summary.json`` (docs/DESIGN.md). Exit status 2 is a bad config,
@@ -155,7 +156,7 @@ def _train(
     else:
         state = TrainerState(0, 0, 0, 0, None, None, 0.0, info.world_size)
     reference = None
-    if config.algorithm.kl_coef > 0:  # a frozen copy of the initial model (never the checkpoint's weights)
+    if config.algorithm.kl_coef > 0 and config.steps > 0:  # a frozen copy of the initial model, never the checkpoint's
         reference = load_model(model_dir, config, info, frozen=True)
     # An FSDP2 module cannot generate (ranks would run different numbers of forward passes, each a collective),
     # so the transformers engine samples from an unsharded copy refreshed after every update; DDP's module is
@@ -204,7 +205,7 @@ def _train(
             state = dataclasses.replace(state, best_step=state.step, best_value=score)
         return state
 
-    if checkpoint is None:
+    if checkpoint is None and config.steps > 0:  # steps=0 (a sweep's warm start): the test of the initial model only
         state = validate(state)
         checkpoint_now(state)
 
