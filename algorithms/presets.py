@@ -117,6 +117,13 @@ class Algorithm:
         return self.ucas != "none"
 
     @property
+    def advantages_read_old_distribution(self) -> bool:
+        """Do the advantages read more of the old policy than the log-probs of the sampled tokens: its entropies (the
+        entropy advantage) or its logits (UCAS)? Only a forward of the old policy gives those; Miner reads the
+        log-probs alone, which the sampler has already computed (``rollout.old_logp_from_sampler``)."""
+        return self.entropy_adv_alpha > 0 or self.advantages_read_logits
+
+    @property
     def loss_reads_micro_batch(self) -> bool:
         """Does a token's loss depend on the other rows of its micro-batch? Clip-Cov / KL-Cov covariances, the 80/20
         entropy quantile and BAPO's bounds are statistics of the micro-batch (as in verl, where each needs the

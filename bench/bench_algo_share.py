@@ -96,7 +96,7 @@ def main() -> None:
     from training.config import tiny
     from training.distributed import init_distributed
     from training.tiny import ensure_tiny_model
-    from training.update import batch_logps, old_policy_forward_needed, update_policy
+    from training.update import batch_logps, update_policy
 
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True, warn_only=True)  # as training.train does
@@ -125,7 +125,9 @@ def main() -> None:
         collected = collect(engine, problems, prompts, config, step, position, info, pad_id)
         batch = collected.batch
         old_logp_BT = entropy_BT = None  # as training/train.py: the old policy's forward only where it is read
-        if old_policy_forward_needed(config):
+        if config.old_policy_source == "sampler":
+            old_logp_BT = batch.sampler_logp_BT
+        elif config.old_policy_source == "forward":
             old_logp_BT, entropy_BT, _ = batch_logps(policy, batch, config, info, pad_id)
         ref_logp_BT = batch_logps(reference, batch, config, info, pad_id)[0] if reference is not None else None
         advantages = advantages_with_metrics(

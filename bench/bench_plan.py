@@ -77,6 +77,7 @@ def child(size: str, variant: str) -> dict:
         problem_B=[0] * ROWS,
         prompt_ids_B=torch.randint(2, shape["vocab_size"], (ROWS, PROMPT), generator=generator).tolist(),
         tokens_BT=torch.randint(2, shape["vocab_size"], (ROWS, RESPONSE), generator=generator),
+        sampler_logp_BT=torch.zeros(ROWS, RESPONSE),
         mask_BT=torch.ones(ROWS, RESPONSE, dtype=torch.bool),
         lengths_B=torch.full((ROWS,), RESPONSE),
         truncated_B=torch.zeros(ROWS, dtype=torch.bool),

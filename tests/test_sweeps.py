@@ -188,15 +188,15 @@ def test_status_and_skip_states(tmp_path: Path):
 
 def test_bapo_arm_carries_its_off_policy_schedule():
     """The bapo preset runs 2 epochs x 4 mini-batches (as bapo_0.8_0.95_1.2_2.0_target_0.5), in a sweep and on the
-    training CLI; the old log-probs then come from a separate forward. A later --optim override still wins."""
+    training CLI; the old log-probs then are the sampler's (GRPO: the update's own). A later --optim override still
+    wins."""
     from training.config import apply_overrides, tiny
-    from training.update import old_policy_forward_needed
 
     sweep = parse(compare, ["--methods", "bapo", "--seeds", "1"])
     configs = {run.arm: run.config for run in sweep_runs(sweep, Path("results/compare"))}
     assert (configs["bapo"].optim.epochs, configs["bapo"].optim.mini_batches) == (2, 4)
     assert (configs["grpo"].optim.epochs, configs["grpo"].optim.mini_batches) == (1, 1)
-    assert old_policy_forward_needed(configs["bapo"]) and not old_policy_forward_needed(configs["grpo"])
+    assert (configs["bapo"].old_policy_source, configs["grpo"].old_policy_source) == ("sampler", "trained")
     cli = apply_overrides(tiny(), ["--algorithm=bapo"])
     assert (cli.optim.epochs, cli.optim.mini_batches) == (2, 4)
     assert apply_overrides(tiny(), ["--optim.epochs=1", "--algorithm=bapo"]).optim.epochs == 1

@@ -18,12 +18,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+import training.train as train_module
 from algorithms import ALGORITHMS
 from training import runlog
 from training.checkpoint import latest_checkpoint, list_checkpoints
 from training.checkpoint import main as export_main
 from training.config import apply_overrides, tiny
 from training.train import train
+from training.update import batch_logps
 
 REPO = Path(__file__).resolve().parents[1]
 DESIGN_KEYS = [
@@ -221,3 +223,69 @@ def test_exact_resume_after_a_kill_or_a_stop_signal(model_dir: Path, uninterrupt
     ref_summary, summary = (json.loads((d / "summary.json").read_text()) for d in (uninterrupted, run))
     assert ref_summary.pop("wall_time_s") > 0 and summary.pop("wall_time_s") > 0
     assert summary == ref_summary
+
+
+# Miner with all-correct groups whose responses differ (the intrinsic advantage in play): 8 prompts x 2 samples at
+# temperature 1.2. BAPO: 2 epochs x 4 mini-batches, with dynamic sampling, so batches are filtered and refilled over
+# several rounds before the sampler's log-probs meet the trainer's rows.
+SAMPLER_CASES = {
+    "miner": [
+        "--algorithm=miner",
+        "--rollout.prompts_per_step=8",
+        "--rollout.group_size=2",
+        "--rollout.temperature=1.2",
+    ],
+    "bapo": ["--algorithm=bapo", "--algorithm.drop_uniform_groups=true", "--rollout.max_extra_rounds=3"],
+}
+SAMPLER_TOKEN_GAP = 1e-4  # measured on the embedded model: the engine's KV-cache log-probs within 2e-5 per token
+SAMPLER_RESULT_GAP = 1e-5  # measured: advantages 1e-8 apart, policy metrics 3e-6, weights 2e-6 (AdamW, 3 steps)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(SAMPLER_CASES))
+def test_old_logp_from_the_sampler_trains_as_the_old_policy_forward(
+    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
+):
+    """3 steps with ``rollout.old_logp_from_sampler`` off (a no-grad forward of the policy before each update) and on
+    (the engine's own log-probs, no forward): the same samples, and advantages, policy metrics and weights equal up
+    to float32 rounding. On, the log-probs handed to the update are the policy's, row for row and token for token."""
+    policy_forwards, token_gaps = [], []
+
+    def counting(model: torch.nn.Module, *args, **kwargs):  # a spy: the real function runs
+        policy_forwards.append(any(p.requires_grad for p in model.parameters()))  # the reference is frozen
+        return batch_logps(model, *args, **kwargs)
+
+    def checked(trainer, optimizer, scheduler, batch, old_logp_BT, *args):  # a spy: the real update runs after it
+        config, info, _step, pad_id = args[-4:]
+        forward_BT = batch_logps(trainer, batch, config, info, pad_id)[0]
+        token_gaps.append(float((old_logp_BT - forward_BT)[batch.mask_BT].abs().max()))
+        return update_policy(trainer, optimizer, scheduler, batch, old_logp_BT, *args)
+
+    update_policy = train_module.update_policy
+    monkeypatch.setattr(train_module, "batch_logps", counting)
+    monkeypatch.setattr(train_module, "update_policy", checked)
+    runs = {}
+    for on in (False, True):
+        policy_forwards.clear()
+        args = [*small_args(model_dir, tmp_path / f"on{on}"), "--eval.every=0", "--model.template=tiny"]
+        config = apply_overrides(tiny(), [*args, *SAMPLER_CASES[case], f"--rollout.old_logp_from_sampler={on}"])
+        assert config.old_policy_source == ("sampler" if on else "forward")
+        runs[on] = train(config)
+        assert sum(policy_forwards) == (0 if on else 3), policy_forwards  # one policy forward per step, or none
+    assert len(token_gaps) == 6 and max(token_gaps) < SAMPLER_TOKEN_GAP, token_gaps
+    recomputed, sampled = (runlog.read_jsonl(runs[on] / "metrics.jsonl") for on in (False, True))
+    if case == "miner":  # some all-correct group had responses of different log-probs: a nonzero intrinsic advantage
+        assert any(row["algo/frac_all_correct_varied"] > 0 for row in sampled)
+    else:
+        assert any(row["rollout/rounds"] > 1 for row in sampled)
+    for want, got in zip(recomputed, sampled, strict=True):
+        assert want["tokens/generated"] == got["tokens/generated"]
+        for key, value in want.items():
+            if key.startswith(("algo/", "policy/", "optim/")) and value is not None:
+                assert got[key] == pytest.approx(value, abs=SAMPLER_RESULT_GAP), key
+    recomputed, sampled = (runlog.read_jsonl(runs[on] / "samples.jsonl") for on in (False, True))
+    assert [row["completion"] for row in sampled] == [row["completion"] for row in recomputed]
+    assert max(abs(a["adv"] - b["adv"]) for a, b in zip(recomputed, sampled, strict=True)) < SAMPLER_RESULT_GAP
+    want, got = (AutoModelForCausalLM.from_pretrained(latest_checkpoint(runs[on])).state_dict() for on in (False, True))
+    for name, value in want.items():
+        torch.testing.assert_close(got[name], value, atol=SAMPLER_RESULT_GAP, rtol=0, msg=name)

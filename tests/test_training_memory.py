@@ -37,6 +37,7 @@ def _batch(prompt_lengths: list[int], response_lengths: list[int], vocab: int = 
         problem_B=[b // 2 for b in range(B)],
         prompt_ids_B=[torch.randint(3, vocab, (n,), generator=generator).tolist() for n in prompt_lengths],
         tokens_BT=torch.randint(3, vocab, (B, T), generator=generator),
+        sampler_logp_BT=torch.zeros(B, T),
         mask_BT=torch.arange(T)[None, :] < lengths_B[:, None],
         lengths_B=lengths_B,
         truncated_B=torch.zeros(B, dtype=torch.bool),

@@ -29,7 +29,6 @@ from training.distributed import init_distributed
 from training.tiny import random_tiny_model
 from training.update import (
     lr_factor,
-    old_policy_forward_needed,
     split_by_advantage,
     update_policy,
     zero_advantage_rows_skip_backward,
@@ -224,7 +223,7 @@ def test_one_optimiser_step_needs_no_separate_old_policy_forward(model_dir: Path
         rollout=RolloutConfig(prompts_per_step=2, group_size=4, max_new_tokens=10),
         optim=OptimConfig(lr=1e-2, micro_batch_size=3),
     )
-    assert not old_policy_forward_needed(config)
+    assert config.old_policy_source == "trained"
     adv_BT = (batch.rewards_B - 0.5)[:, None] * batch.mask_BT
     results = []
     for separate in (True, False):
@@ -247,13 +246,33 @@ def test_one_optimiser_step_needs_no_separate_old_policy_forward(model_dir: Path
         torch.testing.assert_close(value, separate_weights[name], atol=1e-6, rtol=0)
 
 
-def test_the_old_policy_forward_runs_only_when_something_reads_it():
+def test_the_old_policy_forward_runs_only_when_something_reads_more_than_the_sampler_gives():
     base = dataclasses.replace(tiny(), optim=OptimConfig(epochs=1, mini_batches=1))
-    assert not old_policy_forward_needed(with_algorithm(base, "grpo"))
-    assert old_policy_forward_needed(with_algorithm(base, "miner"))  # intrinsic reward from old log-probs
-    assert old_policy_forward_needed(with_algorithm(base, "entropy_adv"))  # advantage from old entropies
-    for optim in (OptimConfig(epochs=2), OptimConfig(mini_batches=2)):  # later optimiser steps: the policy moved
-        assert old_policy_forward_needed(with_algorithm(dataclasses.replace(base, optim=optim), "grpo"))
+    recompute = dataclasses.replace(base, rollout=RolloutConfig(old_logp_from_sampler=False))
+    several = [OptimConfig(epochs=2), OptimConfig(mini_batches=2)]  # later optimiser steps: the policy moved
+    for config, want in [
+        (with_algorithm(base, "grpo"), "trained"),  # one optimiser step, nothing reads the old policy
+        (with_algorithm(base, "miner"), "sampler"),  # intrinsic reward from the old log-probs alone
+        (with_algorithm(recompute, "miner"), "forward"),  # verl's recompute
+        (with_algorithm(base, "bapo"), "sampler"),  # 2 epochs x 4 mini-batches: the ratio's old policy
+        (with_algorithm(base, "entropy_adv"), "forward"),  # advantage from the old entropies
+        (with_algorithm(base, "ucas"), "forward"),  # advantage from the old logits
+        *((with_algorithm(dataclasses.replace(base, optim=optim), "grpo"), "sampler") for optim in several),
+        *((with_algorithm(dataclasses.replace(recompute, optim=optim), "grpo"), "forward") for optim in several),
+    ]:
+        assert config.old_policy_source == want, (config.preset, config.optim, want)
+
+
+def test_old_logp_from_the_sampler_is_refused_where_it_is_not_the_old_policys():
+    miner = with_algorithm(tiny(), "miner")
+    with pytest.raises(ValueError, match=r"old_logp_from_sampler=true with model\.compute_dtype='bfloat16'"):
+        dataclasses.replace(miner, model=dataclasses.replace(miner.model, compute_dtype="bfloat16"))
+    with pytest.raises(ValueError, match=r"old_logp_from_sampler=true with rollout\.engine='vllm'"):
+        dataclasses.replace(miner, rollout=RolloutConfig(engine="vllm", top_p=0.95))
+    # where the flag has no effect (the trained policy's own log-probs), or is off, nothing is refused
+    grpo = with_algorithm(tiny(), "grpo")
+    dataclasses.replace(grpo, model=dataclasses.replace(grpo.model, compute_dtype="bfloat16"))
+    dataclasses.replace(miner, rollout=RolloutConfig(engine="vllm", top_p=0.95, old_logp_from_sampler=False))
 
 
 def test_split_by_advantage_by_hand():

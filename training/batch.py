@@ -48,6 +48,7 @@ class StepBatch:
     problem_B: list[int]
     prompt_ids_B: list[list[int]]
     tokens_BT: Tensor  # long, right-padded
+    sampler_logp_BT: Tensor  # float32: the engine's log-probs of the tokens (``Rollout.logp_BT``), 0 beyond the mask
     mask_BT: Tensor  # bool
     lengths_B: Tensor  # long
     truncated_B: Tensor  # bool
@@ -58,6 +59,7 @@ class StepBatch:
     def __post_init__(self) -> None:
         B, T = self.tokens_BT.shape
         assert self.mask_BT.shape == (B, T) and self.mask_BT.dtype == torch.bool
+        assert self.sampler_logp_BT.shape == (B, T) and self.sampler_logp_BT.dtype == torch.float32
         assert self.lengths_B.shape == self.truncated_B.shape == self.correct_B.shape == self.rewards_B.shape == (B,)
         assert len(self.problem_B) == len(self.prompt_ids_B) == len(self.texts) == B
 
@@ -68,6 +70,7 @@ class StepBatch:
             problem_B=problem_B,
             prompt_ids_B=[ids for ids in rollout.prompt_ids for _ in range(rollout.n)],
             tokens_BT=rollout.tokens_BT,
+            sampler_logp_BT=rollout.logp_BT,
             mask_BT=rollout.mask_BT,
             lengths_B=rollout.lengths_B,
             truncated_B=rollout.truncated_B,
@@ -92,6 +95,7 @@ class StepBatch:
             problem_B=[self.problem_B[r] for r in rows],
             prompt_ids_B=[self.prompt_ids_B[r] for r in rows],
             tokens_BT=self.tokens_BT[index, :width],
+            sampler_logp_BT=self.sampler_logp_BT[index, :width],
             mask_BT=self.mask_BT[index, :width],
             lengths_B=self.lengths_B[index],
             truncated_B=self.truncated_B[index],
@@ -102,19 +106,21 @@ class StepBatch:
 
 
 def concat(batches: list[StepBatch], pad_id: int) -> StepBatch:
-    """Stack batches row-wise, right-padding tokens (with ``pad_id``) and masks (False) to the widest."""
+    """Stack batches row-wise, right-padding tokens (with ``pad_id``), sampler log-probs (0) and masks (False) to the
+    widest."""
     batches = [b for b in batches if b.size]
     if not batches:
         raise ValueError("concat needs at least one non-empty batch")
     width = max(b.tokens_BT.shape[1] for b in batches)
 
-    def widen(x_BT: Tensor, value: int | bool) -> Tensor:
+    def widen(x_BT: Tensor, value: float | bool) -> Tensor:
         return torch.nn.functional.pad(x_BT, (0, width - x_BT.shape[1]), value=value)
 
     return StepBatch(
         problem_B=[p for b in batches for p in b.problem_B],
         prompt_ids_B=[p for b in batches for p in b.prompt_ids_B],
         tokens_BT=torch.cat([widen(b.tokens_BT, pad_id) for b in batches]),
+        sampler_logp_BT=torch.cat([widen(b.sampler_logp_BT, 0.0) for b in batches]),
         mask_BT=torch.cat([widen(b.mask_BT, False) for b in batches]),
         lengths_B=torch.cat([b.lengths_B for b in batches]),
         truncated_B=torch.cat([b.truncated_B for b in batches]),

@@ -22,6 +22,7 @@ Strategy = Literal["ddp", "fsdp2"]
 Schedule = Literal["constant", "cosine"]
 DType = Literal["float32", "bfloat16"]
 Attention = Literal["sdpa", "eager"]
+OldPolicy = Literal["trained", "sampler", "forward"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,10 @@ class RolloutConfig:
     vllm_tensor_parallel: int = 1
     vllm_sleep_mode: bool = True  # CUDA: free vLLM's memory during the update (a no-op on CPU)
     weight_sync_bucket_mb: float = 512.0  # trainer -> vLLM weight sync: at most this much gathered at a time
+    # the old policy's log-probs are the engine's own (Rollout.logp_BT) where the step needs no more of the old policy
+    # (RunConfig.old_policy_source): no old-policy forward. Float32 only: the tiny model's sampler and trainer agree
+    # within 2e-5 per token there, but differ by up to 0.3 in bfloat16 (verl recomputes: the paper profile's false)
+    old_logp_from_sampler: bool = True
 
     @property
     def ranks_per_engine(self) -> int:
@@ -223,7 +228,40 @@ class RunConfig:
         rows = self.rollout.prompts_per_step * self.rollout.group_size
         if rows % self.optim.mini_batches:
             raise ValueError(f"optim.mini_batches={self.optim.mini_batches} must divide P*G = {rows} rows")
+        if self.old_policy_source == "sampler":
+            if self.model.compute_dtype != "float32":  # measured on the tiny model: up to 0.3 per token, 1e-2 per row
+                raise ValueError(
+                    f"rollout.old_logp_from_sampler=true with model.compute_dtype={self.model.compute_dtype!r}: the "
+                    "sampler's log-probs equal the trainer's only in float32; set rollout.old_logp_from_sampler=false"
+                )
+            if self.rollout.engine == "vllm" and self.rollout.top_p < 1.0:
+                raise ValueError(
+                    f"rollout.old_logp_from_sampler=true with rollout.engine='vllm' and rollout.top_p="
+                    f"{self.rollout.top_p}: vLLM renormalises its log-probs over the top-p nucleus; set "
+                    "rollout.old_logp_from_sampler=false"
+                )
         check_config(self)  # finite floats, ranges and the names that need a registry
+
+    @property
+    def old_policy_source(self) -> OldPolicy:
+        """Where a step takes the old policy's log-probs from, and so whether a no-grad forward of it runs before the
+        update:
+
+        "trained": with one optimiser step per batch (epochs x mini-batches = 1) the policy being trained is still
+            the old policy when each micro-batch's loss is computed, so its log-probs are the trainer's own, detached:
+            the ratio is exactly 1 and its gradient that of logp (verl's actor on-policy; TRL with num_iterations =
+            1). Unless the advantages read the old policy (Miner, the entropy advantage, UCAS).
+        "sampler": the engine's log-probs of the sampled tokens (``StepBatch.sampler_logp_BT``: the same weights,
+            the same temperature), when ``rollout.old_logp_from_sampler`` and the advantages read no more of the old
+            policy than those log-probs (Miner; multi-update schedules such as BAPO's). Float32 only.
+        "forward": a no-grad forward of the trainer before the update (``training.update.batch_logps``; verl's
+            recompute): the entropy advantage and UCAS read the old policy's entropies and logits as well."""
+        algo = self.algorithm
+        if self.optim.epochs * self.optim.mini_batches == 1 and not algo.advantages_read_old_policy:
+            return "trained"
+        if self.rollout.old_logp_from_sampler and not algo.advantages_read_old_distribution:
+            return "sampler"
+        return "forward"
 
     @property
     def run_id(self) -> str:
@@ -268,6 +306,7 @@ def paper() -> RunConfig:
             vllm_gpu_memory_utilization=0.6,
             vllm_max_model_len=10240,  # Miner: 1100 prompt + 8192 response tokens; ours a superset
             vllm_tensor_parallel=2,
+            old_logp_from_sampler=False,  # verl recomputes the old log-probs with the actor (bfloat16 vLLM differs)
         ),
         preset="miner",
         algorithm=ALGORITHMS["miner"],

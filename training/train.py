@@ -3,11 +3,12 @@
 ``--print-config`` prints the resolved config (profile or ``--config``, then overrides) as JSON and exits.
 
 Per step: sample P prompts -> the engine generates G completions each -> grade with the evaluation grader ->
-shape rewards -> group filter (refill while too few groups) -> old log-probs at the rollout temperature ->
-reference log-probs (when kl_coef > 0) -> advantages over the whole batch -> epochs x mini-batches x micro-batches
-of AdamW. Validation every ``eval.every`` steps; after the last step the best-on-dev checkpoint is evaluated on the
-test benchmarks and ``summary.json`` is written last; ``steps=0`` tests the initial model and nothing else (no
-validation, no checkpoint). Nothing here branches on an algorithm's name.
+shape rewards -> group filter (refill while too few groups) -> old log-probs at the rollout temperature (the
+sampler's, a forward, or the update's own: ``RunConfig.old_policy_source``) -> reference log-probs (when
+kl_coef > 0) -> advantages over the whole batch -> epochs x mini-batches x micro-batches of AdamW. Validation every
+``eval.every`` steps; after the last step the best-on-dev checkpoint is evaluated on the test benchmarks and
+``summary.json`` is written last; ``steps=0`` tests the initial model and nothing else (no validation, no
+checkpoint). Nothing here branches on an algorithm's name.
 
 One run is complete on its own: ``config.json`` before step 0, then ``metrics.jsonl``, ``samples.jsonl``,
 ``eval.jsonl``, ``checkpoints/`` and finally ``summary.json`` (docs/DESIGN.md). Exit status 2 is a bad config,
@@ -24,7 +25,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, assert_never
 
 import numpy as np
 import torch
@@ -64,7 +65,7 @@ from training.distributed import (
 from training.evaluation import evaluate_rows, run_meta, select_score
 from training.memory import peak_memory_gib, reset_peak_memory
 from training.plan import CapacityError, check_capacity
-from training.update import TrainingDiverged, batch_logps, lr_factor, old_policy_forward_needed, update_policy
+from training.update import TrainingDiverged, batch_logps, lr_factor, update_policy
 
 
 class ConfigError(ValueError):
@@ -225,11 +226,18 @@ def _train(
             start = time.perf_counter()
             reset_peak_memory(info.device)
             logp_model = unwrap(trainer) if not is_sharded(trainer) else trainer
-            old_logp_BT = old_entropy_BT = old_stats = None  # one optimiser step, advantages blind to it: own logp
-            if old_policy_forward_needed(config):
-                old_logp_BT, old_entropy_BT, old_stats = batch_logps(
-                    logp_model, batch, config, info, pad_id, config.algorithm.advantages_read_logits
-                )
+            old_logp_BT = old_entropy_BT = old_stats = None
+            match config.old_policy_source:
+                case "trained":  # one optimiser step, advantages blind to the old policy: the update's own logp
+                    pass
+                case "sampler":  # the engine's log-probs, same weights and temperature: no forward
+                    old_logp_BT = batch.sampler_logp_BT
+                case "forward":
+                    old_logp_BT, old_entropy_BT, old_stats = batch_logps(
+                        logp_model, batch, config, info, pad_id, config.algorithm.advantages_read_logits
+                    )
+                case source:
+                    assert_never(source)
             ref_logp_BT = batch_logps(reference, batch, config, info, pad_id)[0] if reference is not None else None
             advantages = advantages_with_metrics(
                 config.algorithm, batch.rewards_B, old_logp_BT, batch.mask_BT, config.rollout.group_size,

@@ -131,17 +131,6 @@ def split_by_advantage(
     return backward + forward_only[:move], forward_only[move:]
 
 
-def old_policy_forward_needed(config: RunConfig) -> bool:
-    """Does the step need the old policy's log-probs from a separate no-grad forward before the update?
-
-    With one optimiser step per batch (epochs x mini-batches = 1) the policy being trained is still the old policy
-    when each micro-batch's loss is computed, so its log-probs are the trainer's own, detached: the ratio is
-    exactly 1 and its gradient that of logp (what verl's actor does on-policy and TRL with num_iterations = 1).
-    Then only advantages that read the old policy (Miner, the entropy advantage) need the extra forward."""
-    one_update = config.optim.epochs * config.optim.mini_batches == 1
-    return not one_update or config.algorithm.advantages_read_old_policy
-
-
 @torch.no_grad()
 def batch_logps(
     model: nn.Module, batch: StepBatch, config: RunConfig, info: DistInfo, pad_id: int, logit_stats: bool = False
@@ -183,7 +172,7 @@ def update_policy(
 ) -> dict[str, float]:
     """Run ``epochs x mini_batches`` optimiser steps on the batch; returns policy/* and optim/* metrics.
 
-    ``old_logp_BT`` None means the old policy is the trained one (``old_policy_forward_needed`` is False): each
+    ``old_logp_BT`` None means the old policy is the trained one (``RunConfig.old_policy_source`` "trained"): each
     micro-batch's own log-probs, detached, stand in for it.
 
     policy/* are the mini-batch values (micro-batch shares summed over micro-batches and ranks) averaged over the
