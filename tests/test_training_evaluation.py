@@ -33,6 +33,7 @@ def test_paper_profile_is_the_protocol_table():
     assert (r.engine, r.prompts_per_step, r.group_size) == ("vllm", 128, 16)  # train.sh:25, :46 (rollout_n=16)
     assert (r.temperature, r.top_p, r.max_new_tokens) == (0.7, 1.0, 8192)  # train.sh:47, rollout.yaml top_p 1, README
     assert (r.vllm_gpu_memory_utilization, r.vllm_tensor_parallel) == (0.6, 2)  # train.sh:45, :43
+    assert not r.old_logp_from_sampler and c.old_policy_source == "forward"  # baseline_trainer.py:845-848 recompute
     o = c.optim
     assert (o.lr, o.weight_decay, o.beta1, o.beta2, o.eps) == (2e-6, 0.01, 0.9, 0.999, 1e-8)  # train.sh:30, fsdp.yaml
     assert (o.warmup_steps, o.schedule, o.grad_clip) == (0, "constant", 1.0)  # fsdp.yaml warmup -1/0.0, constant

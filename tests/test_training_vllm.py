@@ -62,12 +62,16 @@ def test_two_rank_fsdp2_training_keeps_the_engines_equal_to_the_trainer(
     """3 steps of the real trainer on 2 ranks with vLLM (external launcher): one engine per rank (tensor parallel 1,
     2 data-parallel groups) or one engine split over both (tensor parallel 2). After the first load and after each
     of the 3 updates, each rank's engine samples tokens whose log-probs equal the trainer's teacher-forced ones; the
-    weight sync went in buckets of at most 256 KiB."""
+    weight sync went in buckets of at most 256 KiB. The old log-probs of each update (2 epochs) are the engines',
+    gathered from both ranks: equal to the trainer's forward of the same rows."""
     torchrun_vllm(model_dir, tmp_path, tensor_parallel)
     run = tmp_path / "run"
     assert [row["step"] for row in runlog.read_jsonl(run / "metrics.jsonl")] == [1, 2, 3]
     assert (run / "summary.json").exists()
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    observed = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    for rank in observed:
+        assert len(rank["old_logp_gaps"]) == 3 and max(rank["old_logp_gaps"]) < ROUNDING, rank["old_logp_gaps"]
+    ranks = [rank["syncs"] for rank in observed]
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     # every named tensor of the state dict, tied lm_head included (vLLM's in-place reload wants it)
     state_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
