@@ -15,7 +15,11 @@ median over repeats is reported.
 
     python bench/bench_step.py [--model embedded|random|DIR] [--steps 10] [--warmup 2] [--repeats 3]
         [--dtype float32|bfloat16] [--attention sdpa|eager] [--override optim.skip_zero_advantage_backward=false]
-        [--profile]
+        [--variant KEY=VALUE ...] [--profile]
+
+``--variant`` adds a third side, ``variant``: ours with those overrides on top of ``--override``, run right after
+ours in every repeat, so an A/B of one config field is measured in the same run and under the same load (its ratio
+to ours is printed per repeat).
 
 ``--profile`` adds one more run of each side under ``torch.profiler`` (not timed with the others) and prints where
 its step goes: operator self time by kind (matrix products, attention kernels, every other operator) and the rest
@@ -236,11 +240,12 @@ def run_side(side: str, model_dir: Path, out_dir: Path, args: argparse.Namespace
     """One side's run in a fresh interpreter: no global torch state (deterministic mode, threads) and no grading
     cache carries over from the other side."""
     out_dir.mkdir(parents=True)
-    command = [sys.executable, __file__, "--run-side", side, "--model", str(model_dir), "--steps", str(args.steps)]
+    run_as = "ours" if side == "variant" else side
+    command = [sys.executable, __file__, "--run-side", run_as, "--model", str(model_dir), "--steps", str(args.steps)]
     command += ["--profile"] if profile else []
     command += ["--max-new-tokens", str(args.max_new_tokens), "--threads", str(args.threads)]
     command += ["--micro-batch", str(args.micro_batch), "--dtype", args.dtype, "--attention", args.attention]
-    command += [f"--override={o}" for o in args.override]
+    command += [f"--override={o}" for o in args.override + (args.variant if side == "variant" else [])]
     command += ["--out", str(out_dir / "run.json")]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
     done = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -251,7 +256,7 @@ def run_side(side: str, model_dir: Path, out_dir: Path, args: argparse.Namespace
 
 def print_profile(profiles: dict[str, dict], summary: dict[str, float]) -> None:
     """Where a profiled step goes, per side, and the matrix-product floor against a third of TRL's step."""
-    names = {"ours": "ours", "trl": "TRL"}
+    names = {"ours": "ours", "trl": "TRL", "variant": "variant"}
     print("\nprofiled run, seconds per step after the warm-up (the profiler's own overhead included):")
     print(f"{'':<40}" + "".join(f"{names[side]:>9}" for side in profiles))
     for kind in next(iter(profiles.values()))["per_step_s"]:
@@ -274,9 +279,12 @@ def main() -> None:
     parser.add_argument("--micro-batch", type=int, default=32, help="ours: rows per forward/backward (its default)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="matmul dtype, both sides")
     parser.add_argument("--attention", default="sdpa", choices=["sdpa", "eager"], help="attention kernel, both sides")
-    parser.add_argument("--sides", default="ours,trl", help="comma list: ours, trl")
+    parser.add_argument("--sides", default="ours,trl", help="comma list: ours, trl (variant: implied by --variant)")
     parser.add_argument(
         "--override", action="append", default=[], help="ours only, for A/B runs: a config field, KEY=VALUE"
+    )
+    parser.add_argument(
+        "--variant", action="append", default=[], help="a third side: ours with this override too, KEY=VALUE"
     )
     parser.add_argument("--profile", action="store_true", help="one more profiled run per side: where a step goes")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "step.json"))
@@ -292,7 +300,7 @@ def main() -> None:
         return
     if not 1 <= args.warmup < args.steps - 1:
         raise ValueError(f"--warmup={args.warmup} must be >= 1 and leave at least two timed steps of --steps")
-    sides = args.sides.split(",")
+    sides = args.sides.split(",") + (["variant"] if args.variant else [])
     torch.set_num_threads(args.threads)
     load_before = load_average()
     runs: dict[str, list[dict]] = {side: [] for side in sides}
@@ -321,7 +329,7 @@ def main() -> None:
     )
     print(f"{'trainer':<22}{'s/step':>9}{'steps/s':>9}{'tokens/step':>13}{'tokens/s':>10}")
     for side in sides:
-        name = {"ours": "ours (training.train)", "trl": "TRL GRPOTrainer"}[side]
+        name = {"ours": "ours (training.train)", "trl": "TRL GRPOTrainer", "variant": "ours + --variant"}[side]
         print(
             f"{name:<22}{summary[side]:>9.3f}{1 / summary[side]:>9.2f}{tokens[side]:>13.0f}"
             f"{tokens[side] / summary[side]:>10.0f}"
@@ -352,13 +360,24 @@ def main() -> None:
             f"ours / TRL steps per second: {result['speedup']:.2f}x "
             f"(per repeat: {', '.join(f'{r:.2f}' for r in ratios)})"
         )
-    if "ours" in sides:
-        parts = {
-            k: statistics.median(v for r in runs["ours"] for v in r["parts"][k][args.warmup :])
-            for k in runs["ours"][0]["parts"]
-        }
-        result["ours_median_parts_s"] = parts
-        print("ours, median seconds per step: " + ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in parts.items()))
+    if {"ours", "variant"} <= set(sides):
+        ratios = [o / v for o, v in zip(medians["ours"], medians["variant"], strict=True)]
+        result["variant_speedup_per_repeat"] = ratios
+        result["variant_speedup"] = statistics.median(ratios)
+        print(
+            f"variant / ours steps per second: {result['variant_speedup']:.2f}x "
+            f"(per repeat: {', '.join(f'{r:.2f}' for r in ratios)}; variant: {' '.join(args.variant)})"
+        )
+    for side in ("ours", "variant"):
+        if side in sides:
+            parts = {
+                k: statistics.median(v for r in runs[side] for v in r["parts"][k][args.warmup :])
+                for k in runs[side][0]["parts"]
+            }
+            result[f"{side}_median_parts_s"] = parts
+            print(
+                f"{side}, median seconds per step: " + ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in parts.items())
+            )
     if profiles:
         result["profile_per_step_s"] = profiles
         print_profile(profiles, summary)
