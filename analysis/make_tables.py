@@ -37,7 +37,8 @@ REPO = Path(__file__).resolve().parents[1]
 SENTENCES_HEADER = "Average Pass@1, paired over seeds (t-test; detectable: 80% power at alpha 0.05):"
 
 
-def _arms_in_order(results: Results, sweep: str) -> list[str]:
+def arms_in_order(results: Results, sweep: str) -> list[str]:
+    """The sweep's arms with finished runs, in its plan's order, then any others by name."""
     finished = set(results.evals.loc[results.evals["sweep"] == sweep, "arm"])
     planned = [arm["arm"] for arm in results.sweeps[sweep].get("arms", [])]
     return [a for a in planned if a in finished] + sorted(finished - set(planned))
@@ -50,7 +51,7 @@ def _changes_text(changes: dict) -> str:
 def sweep_tables(results: Results, sweep: str, baseline: str) -> list[Table]:
     """The tables of one sweep: main always; ablation or sensitivity as its sweep.json ``kind`` says."""
     info = results.sweeps[sweep]
-    arms = _arms_in_order(results, sweep)
+    arms = arms_in_order(results, sweep)
     scores = run_scores(results.evals[results.evals["sweep"] == sweep])
     # without the baseline arm (a sensitivity sweep), differences are what RL gained over the warm start
     reference = baseline if baseline in arms else (WARM_START if WARM_START in arms else None)
@@ -120,7 +121,7 @@ def sweep_mechanisms(results: Results, sweep: str) -> Table:
     logged = set(curves["arm"])
     return mechanism_table(
         curves,
-        [arm for arm in _arms_in_order(results, sweep) if arm in logged],
+        [arm for arm in arms_in_order(results, sweep) if arm in logged],
         f"{sweep}-mechanisms",
         f"{sweep}: mechanisms in play, per run then mean ± 95% CI over seeds: shares of group kinds, of "
         f"all-correct groups with a nonzero intrinsic advantage, calibration scale s, intrinsic share of the "
@@ -143,7 +144,7 @@ def sweep_figures(results: Results, sweep: str, out_dir: Path) -> list[tuple[str
     """Draw the sweep's figures under out_dir/figures; return (caption, PNG path) pairs."""
     folder = out_dir / "figures"
     folder.mkdir(parents=True, exist_ok=True)
-    arms = _arms_in_order(results, sweep)
+    arms = arms_in_order(results, sweep)
     evals = results.evals[results.evals["sweep"] == sweep]
     curves = results.curves[results.curves["sweep"] == sweep]
     plots = [
@@ -208,7 +209,7 @@ def check_baseline(results: Results, baseline: str) -> None:
     """A baseline given on the command line must be an arm of every sweep with finished runs (else the Δ column
     would silently vanish)."""
     for sweep in results.sweeps:
-        arms = _arms_in_order(results, sweep)
+        arms = arms_in_order(results, sweep)
         if arms and baseline not in arms:
             raise ValueError(f"--baseline {baseline!r} is not an arm of sweep {sweep} (its arms: {', '.join(arms)})")
 

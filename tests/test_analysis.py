@@ -388,3 +388,41 @@ def test_warm_start_row_sentence_and_no_mechanism_row(sweep_dir: Path, tmp_path:
     # a sweep without the baseline arm (sensitivity) compares every arm with the warm start
     main, _ = sweep_tables(results, "abl", "absent")
     assert main.cells[("miner", ("Δ vs warm start", "Pass@1"))].mean == pytest.approx(140 / 3 - 65 / 3)
+
+
+def test_main_job_section_from_a_synthetic_sweep_is_idempotent(sweep_dir: Path, tmp_path: Path):
+    from analysis import main_job
+
+    add_warm_start(sweep_dir)
+    readme = tmp_path / "README.md"
+    head, tail = "# Title\n\nbefore\n\n", "\n\n## Next\nafter\n"
+    readme.write_text(f"{head}{main_job.START}\nold text\n{main_job.END}{tail}")
+    argv = ["--skip-run", "--sweep", str(sweep_dir), "--readme", str(readme)]
+    assert main_job.main(argv) == 0
+    text = readme.read_text()
+    assert text.startswith(head + main_job.START) and text.endswith(main_job.END + tail)  # nothing else changed
+    assert "old text" not in text and "Host, date and times not recorded (main_job.json absent" in text
+    assert "| warm start | 33.3 ± 14.3 |" in text  # the main table, as in test_warm_start_row_sentence...
+    assert "- grpo vs warm start: +13.3 points (95% CI 6.2..20.5, p = 0.015)" in text
+    assert "- miner vs grpo: +11.7 points (95% CI -7.3..30.6, p = 0.12)" in text
+    mechanisms = text.split("mechanisms in play")[1]
+    assert "| miner |" in mechanisms and "| warm start |" not in mechanisms
+    assert "![training curves of the main job](docs/figures/main-job-curves.png)" in text
+    assert (tmp_path / "docs" / "figures" / "main-job-curves.png").stat().st_size > 10_000
+    timing = {
+        "host": "a 2-core test host",
+        "date": "2026-12-04 18:00 UTC",
+        "commit": "abc1234",
+        "commands": ["python sweeps/ablation.py --components focal,calib", "python analysis/make_tables.py"],
+        "wall_s": 325.4,  # 5 min 25 s
+        "cpu_s": 573.2,
+    }
+    (sweep_dir / "main_job.json").write_text(json.dumps(timing))
+    assert main_job.main(argv) == 0
+    once = readme.read_text()
+    assert main_job.main(argv) == 0 and readme.read_text() == once  # the same sweep gives the same README
+    assert (
+        "Measured on a 2-core test host, 2026-12-04 18:00 UTC (commit abc1234): `python sweeps/ablation.py "
+        "--components focal,calib` then `python analysis/make_tables.py` took 5 min 25 s wall, 573 CPU-seconds."
+    ) in once
+    assert once.replace(main_job.timing_line(timing), main_job.timing_line(None)) == text  # only the timing differs

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from analysis import make_tables
+from analysis import main_job, make_tables
 from evals import run as evals_run
 from sweeps import ablation, compare, launch, sensitivity, status
 from training.config import tiny, to_dict
@@ -30,6 +30,7 @@ MAINS: dict[str, Callable[[list[str]], object]] = {
     "launch": launch.main,
     "status": status.main,
     "tables": make_tables.main,
+    "main_job": main_job.main,
     "tiny": tiny_cli.main,
 }
 EVAL = ["--model", "{model}", "--benchmarks", "tiny_add", "--out", "{tmp}/ev"]
@@ -180,6 +181,17 @@ CASES = [
     ("tables", ["{results}/bad_eval_line", "--out", "{tmp}/report"], "eval.jsonl:1"),
     ("tables", ["{results}/good", "--out", "{file}"], "--out"),
     ("tables", ["--bogus"], "--bogus"),
+    # main_job: the README's markers, the sweep and its timing record checked before the job runs or the README changes
+    ("main_job", ["--skip-run", "--readme", "{tmp}/missing.md", "--sweep", "{results}/good"], "missing.md"),
+    ("main_job", ["--skip-run", "--readme", "{file}", "--sweep", "{results}/good"], "a_file.txt"),  # no markers
+    ("main_job", ["--skip-run", "--readme", "{readme}", "--sweep", "{tmp}/missing"], "missing"),
+    ("main_job", ["--skip-run", "--readme", "{readme}", "--sweep", "{empty}"], "no run folder"),
+    ("main_job", ["--skip-run", "--readme", "{readme}", "--sweep", "{results}/bad_summary"], "summary.json"),
+    ("main_job", ["--skip-run", "--readme", "{readme}", "--sweep", "{bad_timing}"], "main_job.json"),
+    ("main_job", ["--skip-run", "--readme", "{readme}", "--sweep", "{results}/good", "--", "--seeds=5"], "--seeds"),
+    ("main_job", ["--readme", "{readme}", "--sweep", "{results}/good"], "already holds runs"),
+    ("main_job", ["--readme", "{readme}", "--sweep", "{file}"], "--sweep"),
+    ("main_job", ["--bogus"], "--bogus"),
     # the tiny-model builder never replaces a folder that holds something else
     ("tiny", ["build", "--out", "{bad_data}"], "--out"),
     ("tiny", ["build", "--out", "{file}"], "--out"),
@@ -237,6 +249,11 @@ def inputs(tmp_path: Path) -> dict[str, str]:
     (results / "bad_plan" / "sweep.json").write_text("[broken")
     line = write_run(results / "bad_eval_line", "grpo-s0-aaaaaa") / "eval.jsonl"
     line.write_text("{torn\n" + line.read_text() + "\n")  # a bad line that is not the last: damage, not a kill
+    paths["readme"] = tmp_path / "README.md"
+    paths["readme"].write_text(f"# x\n{main_job.START}\n{main_job.END}\n")
+    write_run(tmp_path / "bad_timing", "grpo-s0-aaaaaa")
+    (tmp_path / "bad_timing" / "main_job.json").write_text("{oops")
+    paths["bad_timing"] = tmp_path / "bad_timing"
     twins = paths["twins"] = tmp_path / "twins"
     write_run(twins / "a" / "s", "grpo-s0-aaaaaa")
     write_run(twins / "b" / "s", "grpo-s0-bbbbbb")
@@ -296,6 +313,7 @@ def test_each_cli_as_a_real_process(inputs: dict[str, str]):
         ["-m", "evals.run", "--model", inputs["model"], "--out", inputs["tmp"] + "/ev", "--n", "0"],
         ["-m", "sweeps.launch", "sweeps/compare.py", "--dry-run", "--threads", "0"],
         ["analysis/make_tables.py", inputs["tmp"] + "/missing"],
+        ["analysis/main_job.py", "--skip-run", "--readme", inputs["readme"], "--sweep", inputs["tmp"] + "/missing"],
     ]
     pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
     started = [subprocess.Popen([sys.executable, *command], cwd=REPO, **pipes) for command in commands]

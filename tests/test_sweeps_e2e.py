@@ -1,16 +1,19 @@
-"""End to end on this machine: the ablation CLI (a plain file) trains real tiny runs, then the report is made.
+"""End to end on this machine: the main job (the ablation CLI, a plain file) trains real tiny runs, then the report
+and the README section are made.
 
 A random tiny model (not the embedded one) trains a few steps per run; the numbers are not the point, the pipeline is:
 config.json -> python -m training.train -> run files -> analysis tables and figures; rerunning skips finished runs.
 """
 
 import json
+import resource
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from analysis import main_job
 from sweeps import compare
 from training.batch import derive_seed
 from training.tiny import random_tiny_model
@@ -29,14 +32,28 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_ablation_then_report_as_plain_files(tmp_path: Path):
+def test_main_job_runs_the_ablation_then_the_report_as_plain_files(tmp_path: Path):
+    """analysis/main_job.py runs sweeps/ablation.py and analysis/make_tables.py as typed, times them and writes the
+    README section; the warm start's row is what evals.run gives; finished runs are skipped, a rerun is refused."""
     model = random_tiny_model(tmp_path / "model", seed=0)
-    out = tmp_path / "sweep"
-    command = [sys.executable, "sweeps/ablation.py", "--components", "calib", "--model", str(model), "--out", str(out)]
-    done = subprocess.run([*command, *TINY], cwd=REPO, capture_output=True, text=True, timeout=300)
+    out, report, readme = tmp_path / "sweep", tmp_path / "report", tmp_path / "README.md"
+    head, tail = "# Title\n\nbefore\n\n", "\n\n## Next\nafter\n"
+    readme.write_text(f"{head}{main_job.START}\nnot yet\n{main_job.END}{tail}")
+    job = [
+        sys.executable,
+        "analysis/main_job.py",
+        "--sweep",
+        str(out),
+        "--report",
+        str(report),
+        "--readme",
+        str(readme),
+    ]
+    done = subprocess.run([*job, "--", "--model", str(model), *TINY], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
     plan = json.loads((out / "sweep.json").read_text())
-    assert [arm["arm"] for arm in plan["arms"]] == ["warm_start", "miner", "miner-no_calib", "grpo"]
+    arms = ["warm_start", "miner", "miner-no_focal", "miner-no_calib", "grpo"]
+    assert [arm["arm"] for arm in plan["arms"]] == arms
     for arm in plan["arms"]:
         (run_id,) = arm["runs"]
         config = json.loads((out / run_id / "config.json").read_text())
@@ -61,25 +78,36 @@ def test_ablation_then_report_as_plain_files(tmp_path: Path):
         read_jsonl(folder / "samples.jsonl") for folder in (warm / "eval" / "test_step_00000000", tmp_path / "eval")
     ]
     assert [row["response"] for row in responses[0]] == [row["response"] for row in responses[1]]
-    report = tmp_path / "report"
-    made = subprocess.run(
-        [sys.executable, "analysis/make_tables.py", str(out), "--out", str(report)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert made.returncode == 0, made.stdout + made.stderr
-    main = (report / "tables" / "sweep-main.md").read_text().splitlines()
-    assert [line.split(" | ")[0].strip("| ") for line in main[2:]] == ["warm start", "miner", "miner-no_calib", "grpo"]
+    # the report make_tables wrote, and the README section main_job wrote from the same sweep
+    main = (report / "tables" / "sweep-main.md").read_text()
+    rows = main.splitlines()
+    assert [line.split(" | ")[0].strip("| ") for line in rows[2:]] == ["warm start", *arms[1:]]
     pass1 = 100 * (warm_test["tiny_add"]["pass@1"] + warm_test["tiny_sub"]["pass@1"]) / 2  # one seed: the mean
-    assert main[2].split(" | ")[5].strip("*") == f"{pass1:.1f}"  # warm start, Average Pass@1 (bold if best)
+    assert rows[2].split(" | ")[5].strip("*") == f"{pass1:.1f}"  # warm start, Average Pass@1 (bold if best)
+    assert "tiny_add Pass@1" in rows[0] and "tiny_sub Pass@2" in rows[0] and "Average Pass@2" in rows[0]
     index = (report / "index.md").read_text()
     assert "- grpo vs warm start: " in index and "from 1 seed: no test" in index
-    assert "tiny_add Pass@1" in main[0] and "tiny_sub Pass@2" in main[0] and "Average Pass@2" in main[0]
     assert (report / "figures" / "sweep-curves-tokens.png").is_file()
-    again = subprocess.run([*command, *TINY], cwd=REPO, capture_output=True, text=True, timeout=120)
+    timing = json.loads((out / "main_job.json").read_text())
+    assert timing["commands"][0].startswith(f"python sweeps/ablation.py --components focal,calib --out {out} --model")
+    # the job's 5 trainers are grandchildren of main_job.py, and each at least imports training.train: a CPU time
+    # that left out the processes its children started (about 13 s here: the launcher and make_tables) is below this
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run([sys.executable, "-c", "import training.train"], cwd=REPO, check=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    import_cpu_s = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime  # about 4 s here
+    assert timing["wall_s"] > 0 and timing["cpu_s"] > 5 * import_cpu_s
+    text = readme.read_text()
+    assert text.startswith(head + main_job.START) and text.endswith(main_job.END + tail)  # nothing else changed
+    assert main in text and "- grpo vs warm start: " in text and "| miner-no_calib |" in text.split("mechanisms")[-1]
+    assert f"took {int(timing['wall_s'] // 60)} min" in text and (tmp_path / main_job.FIGURE).stat().st_size > 10_000
+    ablation = [sys.executable, "sweeps/ablation.py", "--components", "focal,calib", "--model", str(model)]
+    again = subprocess.run([*ablation, "--out", str(out), *TINY], cwd=REPO, capture_output=True, text=True)
     assert again.returncode == 0 and "nothing to run" in again.stdout
+    skip = subprocess.run([*job, "--skip-run"], cwd=REPO, capture_output=True, text=True)
+    assert skip.returncode == 0 and readme.read_text() == text, skip.stderr  # the same sweep, the same section
+    refused = subprocess.run(job, cwd=REPO, capture_output=True, text=True)  # its runs exist: times would be skips
+    assert refused.returncode == 2 and "already holds runs" in refused.stderr and readme.read_text() == text
 
 
 @pytest.mark.slow
