@@ -5,6 +5,13 @@ worked solution (one step per digit column, quotient digit or operation, then ``
 1 M-parameter character-level model can learn by supervised fine-tuning and then improve on by RL; every step
 is a chain of equal arithmetic expressions (``4+8+1=13``, ``34=5*6+4``, ``3x=25-7=18``), so it can be checked.
 
+A warm start should also have habits for RL to work on, as a base model has: ``sample_solution`` draws the
+supervised targets of the embedded model's second build stage, in which a solution sometimes states the answer
+without its working (``\\boxed{54}``: right only by luck, so RL learns to work problems out) and sometimes restates
+the problem before the box (``...,42+12=54,\\boxed{54}``: equally correct, so the correct answers to one problem
+differ, and Miner's intrinsic advantage over an all-correct group, max(0, mean(l) - l_i), is not 0 by
+construction as it is among identical responses).
+
 Splits are disjoint by construction: each (family, level) has one deterministic stream of distinct problems,
 cut into test, then dev, then train; a split lists its levels interleaved (1, 2, 3, 1, 2, 3, ...).
 """
@@ -22,6 +29,10 @@ SPLITS = ("train", "dev", "test")
 PER_LEVEL = {"test": 14, "dev": 6, "train": 500}
 # The longest worked solution is 47 characters (a 4-digit multiplication); one more token for EOS, and slack.
 MAX_NEW_TOKENS = 64
+
+DIRECT_PROB = 0.3  # a sampled solution states the answer alone
+RESTATE_PROB = 0.5  # else it restates the problem and its answer before the box (families in RESTATED)
+RESTATED = ("tiny_add", "tiny_sub", "tiny_mul", "tiny_expr")  # the problem text is an expression: "42+12=54"
 
 Generated = tuple[str, int, str]  # problem text, integer answer, worked solution (ends in \boxed{answer})
 
@@ -215,3 +226,17 @@ def task_problems(name: str, split: str) -> list[Problem]:
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r} for {name}; expected one of {SPLITS}")
     return list(_splits(name)[split])
+
+
+def sample_solution(
+    problem: Problem, rng: random.Random, direct_prob: float = DIRECT_PROB, restate_prob: float = RESTATE_PROB
+) -> str:
+    """A supervised target for ``problem``: with ``direct_prob`` the answer alone (``\\boxed{answer}``); else the
+    worked solution, with the restatement ``problem=answer`` before the box with ``restate_prob`` (RESTATED only)."""
+    if rng.random() < direct_prob:
+        return f"\\boxed{{{problem.answer}}}"
+    solution = problem.meta["solution"]
+    if problem.meta["family"] in RESTATED and rng.random() < restate_prob:
+        working, box = solution.rsplit(",", 1)
+        return f"{working},{problem.problem}={problem.answer},{box}"
+    return solution

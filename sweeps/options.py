@@ -19,7 +19,12 @@ from training.config import PROFILES, RunConfig, apply_overrides
 AGGREGATIONS = list(Aggregation.__args__)
 # Steps per run of a sweep when --steps is not given, where it differs from the profile's own: the embedded default's
 # 4 arms x 3 seeds must finish in ten minutes on 2 cores (a single tiny run trains 100; docs/PERFORMANCE.md item 5).
-SWEEP_STEPS = {"tiny": 40}
+SWEEP_STEPS = {"tiny": 60}
+# Settings of a profile's sweeps that differ from its single runs (before --set): the embedded default tests its
+# final model (no dev evaluations: choosing a checkpoint on 108 noisy dev problems adds seed noise and costs more
+# than the test), at n = 16 samples per problem: sampling is cheap next to training, and every arm of one seed draws
+# the same evaluation random numbers, so more samples shrink the paired differences' noise.
+SWEEP_SETTINGS = {"tiny": ("eval.every=0", "eval.n=16")}
 
 
 def add_sweep_args(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +39,7 @@ def add_sweep_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any training config field")
     group.add_argument("--out", help="sweep directory (default: results/<sweep name>)")
     shared = parser.add_argument_group("shared settings (set once for every arm)")
-    shared.add_argument("--steps", type=int, help="default: the profile's (tiny: 40 in sweeps)")
+    shared.add_argument("--steps", type=int, help="default: the profile's (tiny: 60 in sweeps)")
     shared.add_argument("--lr", type=float)
     shared.add_argument("--group-size", type=int, help="samples per prompt")
     shared.add_argument("--max-new-tokens", type=int)
@@ -77,7 +82,8 @@ def base_config(args: argparse.Namespace) -> RunConfig:
         data=dataclasses.replace(config.data, train=args.train or config.data.train),
         logging=dataclasses.replace(config.logging, progress_bar=False),
     )
-    return apply_overrides(config, [f"--{item}" for item in args.set])
+    settings = [*SWEEP_SETTINGS.get(args.profile, ()), *args.set]
+    return apply_overrides(config, [f"--{item}" for item in settings])
 
 
 def shared_from_args(args: argparse.Namespace, base: RunConfig, reference_preset: str) -> Shared:

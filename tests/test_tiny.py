@@ -30,7 +30,9 @@ from training.tiny import (
 )
 
 # three SFT steps, one evaluation on 1 dev problem per task with 2 samples: seconds, not minutes
-SHORT = Recipe(max_steps=3, decay_end=2, first_eval=3, batch_size=8, eval_samples=2, eval_problems=1, threads=1)
+SHORT = Recipe(
+    max_steps=3, decay_end=2, first_eval=3, batch_size=8, eval_samples=2, eval_problems=1, threads=1, habit_steps=2
+)
 # The shipped model's first 30 SFT steps, replayed on another CPU, agree with its recorded fingerprint within these.
 # Measured on the 2-core AVX-512 host that built it, against the recorded fingerprint (bit-identical at the recipe's
 # 2 threads): with 1 thread, with ATen's vector kernels off (ATEN_CPU_CAPABILITY=default), and with these plus MKL

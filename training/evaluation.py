@@ -29,7 +29,11 @@ def evaluate_rows(
     one per benchmark and metric of ``evals.run.evaluate`` (avg@n, pass@k, maj@n and their bootstrap ``_se``).
 
     Every rank calls this (each generates its ``eval_shard``) and gets the same rows. The runner's per-sample files
-    go to ``<run_dir>/eval/<split>_step_<step>/``, so an interrupted evaluation resumes where it stopped."""
+    go to ``<run_dir>/eval/<split>_step_<step>/``, so an interrupted evaluation resumes where it stopped.
+
+    Sampling seeds: a dev evaluation's follows the step; the test's only the run's seed, so every arm of one seed
+    (the warm start too) draws the same evaluation random numbers whichever step it tests (common random numbers:
+    the paired differences between arms lose the sampling noise that the arms share)."""
     names = resolve_benchmarks(config.eval.dev if split == "dev" else config.eval.test)
     sampling = eval_sampling(config.eval, split)
     summary = evaluate(
@@ -44,7 +48,7 @@ def evaluate_rows(
         temperature=sampling["temperature"],
         top_p=sampling["top_p"],
         max_new_tokens=config.eval.max_new_tokens,
-        seed=derive_seed(config.seed, "eval", split, step) % 2**31,
+        seed=derive_seed(config.seed, "eval", split, step if split == "dev" else "final") % 2**31,
         grade_workers=config.rollout.grade_workers,
         timeout_s=config.rollout.grade_timeout_s,
         progress=split == "test" and config.logging.progress_bar and info.is_main,  # the final test: a bar with ETA

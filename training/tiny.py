@@ -28,6 +28,7 @@ import fcntl
 import hashlib
 import json
 import os
+import random
 import shutil
 import string
 import sys
@@ -42,13 +43,16 @@ from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
 from evals import grade_many, render_prompt
 from evals.cli import one_line_errors
-from evals.tasks import MAX_NEW_TOKENS, TASK_NAMES, task_problems
+from evals.problem import Problem
+from evals.tasks import MAX_NEW_TOKENS, TASK_NAMES, sample_solution, task_problems
 from rollout import SamplingParams, TransformersEngine
 
 PAD, EOS = "<pad>", "<eos>"
 CHARACTERS = string.digits + string.ascii_letters + string.punctuation + " \n"
 BUILD_FILE = "tiny_build.json"  # written last into the model folder: the recipe, the dev curve and the chosen step
 SHIPPED_DIR = Path(__file__).resolve().parent / "tiny_model"  # the built model of seed 0 and RECIPE, in the package
+# stage 2 draws its targets as step HABIT_STEP_OFFSET + i (apart from stage 1's), its data order from seed + 1000
+HABIT_STEP_OFFSET, HABIT_ORDER_OFFSET = 10_000, 1000
 PREFIX_STEPS = 30  # SFT steps whose weights a build fingerprints (a cheap check that the recipe still reproduces)
 
 
@@ -118,7 +122,14 @@ class Recipe:
     max_pass1: float = 0.60
     min_gap: float = 0.15  # pass@n - pass@1 of an acceptable checkpoint
     threads: int = 2  # torch threads during the build: part of the recipe, since reduction order follows it
-    version: int = 2  # bump when the tasks or the training code change what a recipe builds (2: the sampler)
+    # stage 2, habits: the chosen checkpoint goes on for habit_steps steps at habit_lr (constant) on targets drawn by
+    # evals.tasks.sample_solution: the answer alone (direct_prob), or the working with a restatement (restate_prob)
+    habit_steps: int = 150
+    habit_lr: float = 3e-4
+    direct_prob: float = 0.3
+    restate_prob: float = 0.5
+    habit_threads: int = 1  # torch threads of stage 2
+    version: int = 3  # bump when the tasks or the training code change what a recipe builds (3: the habit stage)
 
     def __post_init__(self) -> None:
         if not 0 < self.min_pass1 <= self.target_pass1 <= self.max_pass1 < 1:
@@ -127,6 +138,8 @@ class Recipe:
             raise ValueError(f"Recipe needs 0 <= decay_start <= decay_end, got {self}")
         if self.max_steps < 1 or self.eval_every < 1 or self.batch_size < 1 or self.threads < 1:
             raise ValueError(f"Recipe max_steps, eval_every, batch_size and threads must be >= 1, got {self}")
+        if self.habit_steps < 0 or not (0 <= self.direct_prob <= 1 and 0 <= self.restate_prob <= 1):
+            raise ValueError(f"Recipe needs habit_steps >= 0 and direct_prob, restate_prob in [0, 1], got {self}")
 
     def lr_at(self, step: int) -> float:
         """lr * min(1, step / warmup) * (1 - (1 - final_lr_ratio) * clip((step - start) / (end - start), 0, 1))."""
@@ -156,6 +169,22 @@ def _sft_rows(tokenizer: PreTrainedTokenizerFast) -> list[tuple[list[int], list[
     prompts = tokenizer([render_prompt("tiny", p) for p in problems], add_special_tokens=False)["input_ids"]
     solutions = tokenizer([p.meta["solution"] for p in problems], add_special_tokens=False)["input_ids"]
     return [(prompt, [*solution, tokenizer.eos_token_id]) for prompt, solution in zip(prompts, solutions, strict=True)]
+
+
+def _habit_rows(
+    tokenizer: PreTrainedTokenizerFast, problems: list[Problem], seed: int, step: int, recipe: Recipe
+) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, target ids + EOS) of ``problems`` for habit step ``step``: each target drawn by
+    ``sample_solution`` from a stream seeded by (seed, step, problem id), the same on every machine."""
+    targets = [
+        sample_solution(
+            p, random.Random(f"{seed}:{HABIT_STEP_OFFSET + step}:{p.id}"), recipe.direct_prob, recipe.restate_prob
+        )
+        for p in problems
+    ]
+    prompts = tokenizer([render_prompt("tiny", p) for p in problems], add_special_tokens=False)["input_ids"]
+    target_ids = tokenizer(targets, add_special_tokens=False)["input_ids"]
+    return [(prompt, [*target, tokenizer.eos_token_id]) for prompt, target in zip(prompts, target_ids, strict=True)]
 
 
 def _collate(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -249,12 +278,56 @@ def train_warm_start(
             break
     bar.close()
     model.load_state_dict(best)
-    model.eval()
     report = {"seed": seed, "recipe": dataclasses.asdict(recipe), "chosen": chosen, "history": history}
     report["prefix"] = prefix
+    if recipe.habit_steps:
+        report["habits"] = _train_habits(model, tokenizer, seed, recipe, progress)
+    model.eval()
     report["acceptable"] = best_score < 1.0
     report["build_time_s"] = round(time.perf_counter() - start, 1)
     return model, tokenizer, report
+
+
+def _train_habits(
+    model: Qwen3ForCausalLM, tokenizer: PreTrainedTokenizerFast, seed: int, recipe: Recipe, progress: bool
+) -> dict:
+    """Stage 2 in place: ``habit_steps`` AdamW steps at ``habit_lr`` on ``_habit_rows`` (a fresh optimiser, its own
+    seeded data order) with ``habit_threads`` torch threads; returns the final loss and the dev accuracy after it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(recipe.habit_threads)
+    try:
+        return _habit_steps(model, tokenizer, seed, recipe, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _habit_steps(
+    model: Qwen3ForCausalLM, tokenizer: PreTrainedTokenizerFast, seed: int, recipe: Recipe, progress: bool
+) -> dict:
+    problems = [p for name in TASK_NAMES for p in task_problems(name, "train")]
+    order = torch.Generator().manual_seed(seed + HABIT_ORDER_OFFSET)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.habit_lr, betas=(0.9, 0.99), weight_decay=0.0)
+    permutation, position, start = torch.randperm(len(problems), generator=order).tolist(), 0, time.perf_counter()
+    model.train()
+    for step in tqdm(range(1, recipe.habit_steps + 1), desc="tiny build: habits", unit="step", disable=not progress):
+        if position + recipe.batch_size > len(permutation):
+            permutation, position = torch.randperm(len(problems), generator=order).tolist(), 0
+        indices, position = permutation[position : position + recipe.batch_size], position + recipe.batch_size
+        batch = _collate(
+            _habit_rows(tokenizer, [problems[i] for i in indices], seed, step, recipe), tokenizer.pad_token_id
+        )
+        loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    metrics = dev_accuracy(model, tokenizer, recipe.eval_samples, seed, recipe.eval_problems)
+    entry = {
+        "steps": recipe.habit_steps,
+        "loss": round(loss.item(), 4),
+        "time_s": round(time.perf_counter() - start, 1),
+    }
+    return entry | {k: round(v, 4) for k, v in metrics.items()}
 
 
 def build_tiny_model(out_dir: str | Path, seed: int = 0, recipe: Recipe = RECIPE) -> Path:
