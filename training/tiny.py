@@ -7,7 +7,15 @@ first use and cached. The build is
     random Qwen3 (seed) -> SFT on train-split worked solutions, loss on solution tokens only
     -> every ``eval_every`` steps: sampled accuracy on the dev split (n samples, temperature 1.0, the real grader)
     -> keep the checkpoint whose pass@1 is closest to ``target_pass1`` among those in the window with pass@n
-       clearly above pass@1 (so RL finds prompts solved by all, some and none of the samples).
+       clearly above pass@1 (so RL finds prompts solved by all, some and none of the samples)
+    -> stage 2, habits: ``habit_steps`` more steps at a low lr on targets drawn by ``evals.tasks.sample_solution``,
+       which answers without working 30% of the time and restates the problem before the box in half of the rest.
+
+Why the habits: a model that always writes its one canonical solution leaves RL little to do but sharpen (+6
+points of held-out pass@1 in 100 GRPO steps) and writes identical strings whenever it is right, so Miner's intrinsic
+advantage is 0 by construction (issue 17). A warm start that sometimes guesses, as base models do, gives RL a habit
+to unlearn (GRPO: held-out pass@1 from 12.9% to 34.3% in 80 steps, one seed), and the restatement makes correct
+answers differ in form.
 
 Choosing by measured accuracy rather than by step count matters: the 20-60 % window of a tiny model's sampled
 accuracy is narrow and shifts between runs (../shared/ENVIRONMENT.md). The same seed and recipe give bit-identical
@@ -17,9 +25,10 @@ Why ship it: float reductions differ between CPUs (vector width, kernels), so a 
 machine kind only, and the embedded default must be the same model on every host. ``ensure_tiny_model`` returns the
 shipped folder for seed 0 and ``RECIPE`` without building. Its ``tiny_build.json`` holds the recipe, the dev curve and
 a fingerprint of the weights after the first ``PREFIX_STEPS`` SFT steps (``prefix``), which the tests replay on any
-machine (``replay_prefix``). The shipped model was built by recipe version 2 before the fingerprint existed; its
-``prefix`` was recorded afterwards by ``replay_prefix`` on the host that built it (2-core AVX-512 x86-64), and a full
-rebuild there gave bit-identical weights. ``python -m training.tiny build --out training/tiny_model`` rebuilds it.
+machine (``replay_prefix``). Stage 1 of the shipped model is recipe version 2's build (its ``prefix`` recorded
+afterwards by ``replay_prefix`` on the host that built it, a 2-core AVX-512 x86-64, where a full rebuild gave
+bit-identical weights); stage 2 (version 3) ran from those weights, and ``_train_habits`` from the version-2 model
+reproduced them bit-identically on that host. ``python -m training.tiny build --out training/tiny_model`` rebuilds it.
 """
 
 import argparse
@@ -366,10 +375,12 @@ def shipped_model(seed: int = 0, recipe: Recipe = RECIPE) -> Path | None:
 
 
 def replay_prefix(seed: int, recipe: Recipe, steps: int = PREFIX_STEPS) -> dict[str, list[float]]:
-    """The weights fingerprint after the first ``steps`` SFT steps of the recipe, at its thread count (its dev
+    """The weights fingerprint after the first ``steps`` stage-1 SFT steps of the recipe, at its thread count (its dev
     evaluation cut to one problem per task and two samples, which changes no weight): compare with a build's
     ``prefix``."""
-    short = dataclasses.replace(recipe, max_steps=steps, first_eval=steps, eval_samples=2, eval_problems=1)
+    short = dataclasses.replace(
+        recipe, max_steps=steps, first_eval=steps, eval_samples=2, eval_problems=1, habit_steps=0
+    )
     threads = torch.get_num_threads()
     torch.set_num_threads(recipe.threads)
     try:
