@@ -68,7 +68,7 @@ def test_two_arm_sweep_through_sbatch_job_arrays(cluster: None, model: Path, tmp
     done = subprocess.run(compare_command(out, model), cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     run_dirs = sorted(p for p in out.iterdir() if (p / "config.json").is_file())
-    assert [p.name.split("-")[0] for p in run_dirs] == ["grpo", "miner"]
+    assert [p.name.rsplit("-", 2)[0] for p in run_dirs] == ["grpo", "grpo-warm_start", "miner"]
     job_ids = []
     for run_dir in run_dirs:
         assert (run_dir / "summary.json").is_file()
@@ -76,9 +76,9 @@ def test_two_arm_sweep_through_sbatch_job_arrays(cluster: None, model: Path, tmp
         assert launch["executor"] == "slurm" and events(run_dir) == ["submitted", "start", "done"]
         job_ids.append(launch["job_id"])
     array_ids = {job.split("_")[0] for job in job_ids}
-    assert len(array_ids) == 1 and sorted(job.split("_")[1] for job in job_ids) == ["0", "1"]  # one job array
+    assert len(array_ids) == 1 and sorted(job.split("_")[1] for job in job_ids) == ["0", "1", "2"]  # one job array
     results = load_results([out])
-    assert set(results.evals["arm"]) == {"grpo", "miner"} and not results.in_progress
+    assert set(results.evals["arm"]) == {"warm_start", "grpo", "miner"} and not results.in_progress
     again = subprocess.run(compare_command(out, model), cwd=REPO, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "nothing to run" in again.stdout  # finished runs are skipped
 
@@ -92,7 +92,7 @@ def test_requeued_job_still_finishes_every_run_once(cluster: None, model: Path, 
         requeued = None
         deadline = time.time() + 300
         while requeued is None and time.time() < deadline and launcher.poll() is None:
-            for run_dir in sorted(out.glob("grpo-*")):
+            for run_dir in sorted(out.glob("grpo-s*")):  # not the warm start (grpo-warm_start-...): it trains no step
                 if (run_dir / "checkpoints").is_dir() and len(metric_steps_or_empty(run_dir)) >= 2:
                     requeued = json.loads((run_dir / "launch.json").read_text())["job_id"]
                     subprocess.run(["scontrol", "requeue", requeued], check=True)
@@ -108,9 +108,11 @@ def test_requeued_job_still_finishes_every_run_once(cluster: None, model: Path, 
     for run_dir in sorted(p for p in out.iterdir() if (p / "config.json").is_file()):
         assert (run_dir / "summary.json").is_file()
         assert events(run_dir).count("done") == 1  # finished exactly once
+        if "warm_start" in run_dir.name:
+            continue  # tested, not trained: no metrics
         assert metric_steps(run_dir) == sorted(set(metric_steps(run_dir)))  # no repeated metric steps
         assert len(metric_steps(run_dir)) == steps  # and none missing
-    grpo = next(out.glob("grpo-*"))
+    grpo = next(out.glob("grpo-s*"))
     assert events(grpo).count("start") == 2, events(grpo)  # the requeued job ran again and resumed
 
 
@@ -126,7 +128,7 @@ def test_warning_signal_saves_the_step_and_the_requeued_job_loses_none(cluster: 
         signalled = None
         deadline = time.time() + 300
         while signalled is None and time.time() < deadline and launcher.poll() is None:
-            for run_dir in sorted(out.glob("grpo-*")):
+            for run_dir in sorted(out.glob("grpo-s*")):  # not the warm start (grpo-warm_start-...): it trains no step
                 if len(metric_steps_or_empty(run_dir)) >= 2:
                     signalled = json.loads((run_dir / "launch.json").read_text())["job_id"]
                     subprocess.run(["scancel", "--signal=USR2", signalled], check=True)
@@ -139,7 +141,7 @@ def test_warning_signal_saves_the_step_and_the_requeued_job_loses_none(cluster: 
         if launcher.poll() is None:
             launcher.kill()
     assert launcher.returncode == 0, output
-    run_dir = next(out.glob("grpo-*"))
+    run_dir = next(out.glob("grpo-s*"))
     assert (run_dir / "summary.json").is_file() and metric_steps(run_dir) == list(range(1, steps + 1))
     launch = json.loads((run_dir / "launch.json").read_text())
     assert [e["event"] for e in launch["events"]].count("start") == 2 and events(run_dir).count("done") == 1
