@@ -7,10 +7,11 @@ is a chain of equal arithmetic expressions (``4+8+1=13``, ``34=5*6+4``, ``3x=25-
 
 A warm start should also have habits for RL to work on, as a base model has: ``sample_solution`` draws the
 supervised targets of the embedded model's second build stage, in which a solution sometimes states the answer
-without its working (``\\boxed{54}``: right only by luck, so RL learns to work problems out) and sometimes restates
-the problem before the box (``...,42+12=54,\\boxed{54}``: equally correct, so the correct answers to one problem
-differ, and Miner's intrinsic advantage over an all-correct group, max(0, mean(l) - l_i), is not 0 by
-construction as it is among identical responses).
+without its working (``\\boxed{54}``: right only by luck, so RL learns to work problems out) and sometimes opens
+by restating the problem (``42+12:2+2=4,4+1=5,\\boxed{54}``: equally correct, so the correct answers to one
+problem differ, and Miner's intrinsic advantage over an all-correct group, max(0, mean(l) - l_i), is not 0 by
+construction as it is among identical responses). The restatement opens the answer, where the model decides its
+form, as it decides whether to work at all: a fork before the box, after steps the model is sure of, stays rare.
 
 Splits are disjoint by construction: each (family, level) has one deterministic stream of distinct problems,
 cut into test, then dev, then train; a split lists its levels interleaved (1, 2, 3, 1, 2, 3, ...).
@@ -31,8 +32,7 @@ PER_LEVEL = {"test": 14, "dev": 6, "train": 500}
 MAX_NEW_TOKENS = 64
 
 DIRECT_PROB = 0.3  # a sampled solution states the answer alone
-RESTATE_PROB = 0.5  # else it restates the problem and its answer before the box (families in RESTATED)
-RESTATED = ("tiny_add", "tiny_sub", "tiny_mul", "tiny_expr")  # the problem text is an expression: "42+12=54"
+RESTATE_PROB = 0.5  # else it opens by restating the problem: "42+12:" (every family)
 
 Generated = tuple[str, int, str]  # problem text, integer answer, worked solution (ends in \boxed{answer})
 
@@ -232,11 +232,8 @@ def sample_solution(
     problem: Problem, rng: random.Random, direct_prob: float = DIRECT_PROB, restate_prob: float = RESTATE_PROB
 ) -> str:
     """A supervised target for ``problem``: with ``direct_prob`` the answer alone (``\\boxed{answer}``); else the
-    worked solution, with the restatement ``problem=answer`` before the box with ``restate_prob`` (RESTATED only)."""
+    worked solution, opened with ``restate_prob`` by the problem and a colon (``42+12:2+2=4,...``)."""
     if rng.random() < direct_prob:
         return f"\\boxed{{{problem.answer}}}"
     solution = problem.meta["solution"]
-    if problem.meta["family"] in RESTATED and rng.random() < restate_prob:
-        working, box = solution.rsplit(",", 1)
-        return f"{working},{problem.problem}={problem.answer},{box}"
-    return solution
+    return f"{problem.problem}:{solution}" if rng.random() < restate_prob else solution

@@ -110,35 +110,28 @@ def test_bad_inputs_name_the_culprit():
 
 
 def test_habit_targets_by_hand():
-    """sample_solution: the answer alone, the worked solution, or the worked solution restated before the box."""
-    from evals.tasks import RESTATED, sample_solution
+    """sample_solution: the answer alone, the worked solution, or the worked solution opened by the problem."""
+    from evals.tasks import sample_solution
 
     add, linear = task_problems("tiny_add", "test")[0], task_problems("tiny_linear", "test")[0]  # 42+12, 5x+6=46
     assert sample_solution(add, random.Random(0), direct_prob=1.0) == "\\boxed{54}"
     assert sample_solution(add, random.Random(0), direct_prob=0.0, restate_prob=0.0) == add.meta["solution"]
-    assert (
-        sample_solution(add, random.Random(0), direct_prob=0.0, restate_prob=1.0) == "2+2=4,4+1=5,42+12=54,\\boxed{54}"
-    )
-    # a family whose problem is not an expression is never restated: 5x+6=46=8 would be false
-    assert "tiny_linear" not in RESTATED
-    assert sample_solution(linear, random.Random(0), direct_prob=0.0, restate_prob=1.0) == linear.meta["solution"]
+    assert sample_solution(add, random.Random(0), direct_prob=0.0, restate_prob=1.0) == "42+12:2+2=4,4+1=5,\\boxed{54}"
+    assert sample_solution(linear, random.Random(0), 0.0, 1.0) == "5x+6=46:5x=46-6=40,x=40/5=8,\\boxed{8}"
     # the draw order: one uniform for "direct?", then one for "restate?" (random.Random(0): 0.844, then 0.758)
     assert sample_solution(add, random.Random(0), direct_prob=0.85) == "\\boxed{54}"
-    assert sample_solution(add, random.Random(0), direct_prob=0.84, restate_prob=0.76).endswith(",42+12=54,\\boxed{54}")
+    assert sample_solution(add, random.Random(0), direct_prob=0.84, restate_prob=0.76).startswith("42+12:")
     assert sample_solution(add, random.Random(0), direct_prob=0.84, restate_prob=0.75) == add.meta["solution"]
 
 
 @pytest.mark.parametrize("name", TASK_NAMES)
-def test_every_habit_target_is_graded_correct_true_and_fits(name: str):
+def test_every_habit_target_is_graded_correct_and_fits(name: str):
     from evals.tasks import sample_solution
 
     problems = [p for split in SPLITS for p in task_problems(name, split)]
     targets = [sample_solution(p, random.Random(i), direct_prob=0.0, restate_prob=1.0) for i, p in enumerate(problems)]
-    for problem, target in zip(problems, targets, strict=True):
-        assert len(target) + 1 <= MAX_NEW_TOKENS  # + EOS
-        restated = target.split(",")[-2]
-        if restated.startswith(problem.problem + "="):  # the restatement is true arithmetic
-            assert eval(problem.problem) == int(problem.answer)  # safe: digits, + - * and parentheses
+    assert all(len(target) + 1 <= MAX_NEW_TOKENS for target in targets)  # + EOS
+    assert all(t == f"{p.problem}:{p.meta['solution']}" for t, p in zip(targets, problems, strict=True))
     pairs = [(t, p.answer) for t, p in zip(targets[:200], problems[:200], strict=True)]
     pairs += [(sample_solution(p, random.Random(0), direct_prob=1.0), p.answer) for p in problems[:50]]
     assert all(g.correct for g in grade_many(pairs, workers=1))

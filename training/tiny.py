@@ -121,12 +121,12 @@ class Recipe:
     decay_start: int = 0
     decay_end: int = 400
     final_lr_ratio: float = 1 / 3
-    max_steps: int = 750  # most builds stop earlier, at the first dev pass@1 >= target_pass1
+    max_steps: int = 1200  # most builds stop earlier, at the first dev pass@1 >= target_pass1
     first_eval: int = 450  # sampled dev accuracy stays under 15 % before this
     eval_every: int = 50
     eval_samples: int = 8  # n per dev problem
     eval_problems: int | None = None  # per task, the first ones of the dev split (None: all)
-    target_pass1: float = 0.25
+    target_pass1: float = 0.40
     min_pass1: float = 0.15
     max_pass1: float = 0.60
     min_gap: float = 0.15  # pass@n - pass@1 of an acceptable checkpoint
@@ -138,7 +138,7 @@ class Recipe:
     direct_prob: float = 0.3
     restate_prob: float = 0.5
     habit_threads: int = 1  # torch threads of stage 2
-    version: int = 3  # bump when the tasks or the training code change what a recipe builds (3: the habit stage)
+    version: int = 4  # bump when the tasks or the training code change what a recipe builds (4: the habit stage)
 
     def __post_init__(self) -> None:
         if not 0 < self.min_pass1 <= self.target_pass1 <= self.max_pass1 < 1:
