@@ -9,13 +9,13 @@ first use and cached. The build is
     -> keep the checkpoint whose pass@1 is closest to ``target_pass1`` among those in the window with pass@n
        clearly above pass@1 (so RL finds prompts solved by all, some and none of the samples)
     -> stage 2, habits: ``habit_steps`` more steps at a low lr on targets drawn by ``evals.tasks.sample_solution``,
-       which answers without working 30% of the time and restates the problem before the box in half of the rest.
+       which answers without working 30% of the time and opens by restating the problem in half of the rest.
 
 Why the habits: a model that always writes its one canonical solution leaves RL little to do but sharpen (+6
 points of held-out pass@1 in 100 GRPO steps) and writes identical strings whenever it is right, so Miner's intrinsic
 advantage is 0 by construction (issue 17). A warm start that sometimes guesses, as base models do, gives RL a habit
-to unlearn (GRPO: held-out pass@1 from 12.9% to 34.3% in 80 steps, one seed), and the restatement makes correct
-answers differ in form.
+to unlearn (GRPO: held-out pass@1 from 12.2% to 41.2% in 60 steps, 3 seeds; docs/TESTBED.md), and the
+restatement makes correct answers differ in form.
 
 Choosing by measured accuracy rather than by step count matters: the 20-60 % window of a tiny model's sampled
 accuracy is narrow and shifts between runs (../shared/ENVIRONMENT.md). The same seed and recipe give bit-identical
@@ -25,10 +25,9 @@ Why ship it: float reductions differ between CPUs (vector width, kernels), so a 
 machine kind only, and the embedded default must be the same model on every host. ``ensure_tiny_model`` returns the
 shipped folder for seed 0 and ``RECIPE`` without building. Its ``tiny_build.json`` holds the recipe, the dev curve and
 a fingerprint of the weights after the first ``PREFIX_STEPS`` SFT steps (``prefix``), which the tests replay on any
-machine (``replay_prefix``). Stage 1 of the shipped model is recipe version 2's build (its ``prefix`` recorded
-afterwards by ``replay_prefix`` on the host that built it, a 2-core AVX-512 x86-64, where a full rebuild gave
-bit-identical weights); stage 2 (version 3) ran from those weights, and ``_train_habits`` from the version-2 model
-reproduced them bit-identically on that host. ``python -m training.tiny build --out training/tiny_model`` rebuilds it.
+machine (``replay_prefix``). The shipped model (recipe version 4) was made by one
+``python -m training.tiny build --out training/tiny_model`` on a 2-core AVX-512 x86-64 host; its stage-1 dev curve
+up to step 750 equals version 2's build there, which a full rebuild had reproduced bit-identically.
 """
 
 import argparse
@@ -392,7 +391,7 @@ def replay_prefix(seed: int, recipe: Recipe, steps: int = PREFIX_STEPS) -> dict[
 
 def ensure_tiny_model(seed: int = 0, cache_dir: str | Path | None = None, recipe: Recipe = RECIPE) -> Path:
     """The embedded warm-started model folder: the shipped one (seed 0, the default recipe, no ``cache_dir``), else
-    built on first use (about 2 CPU minutes) into the cache and found there afterwards."""
+    built on first use (about 6 CPU minutes) into the cache and found there afterwards."""
     if cache_dir is None and (shipped := shipped_model(seed, recipe)) is not None:
         print(f"tiny model: {shipped} (shipped)", file=sys.stderr)
         return shipped
@@ -404,7 +403,7 @@ def ensure_tiny_model(seed: int = 0, cache_dir: str | Path | None = None, recipe
         if (path / BUILD_FILE).is_file():
             print(f"tiny model: {path}", file=sys.stderr)
             return path
-        print(f"tiny model: building {path} (about 2 CPU minutes, once)", file=sys.stderr)
+        print(f"tiny model: building {path} (about 6 CPU minutes, once)", file=sys.stderr)
         return build_tiny_model(path, seed, recipe)
 
 
