@@ -162,7 +162,10 @@ def test_one_degenerate_response_never_fails_the_batch():
     pairs += [("x" * (MAX_RESPONSE_CHARS + 1) + "\\boxed{2}", "2")]  # over the size cap: never parsed
     grades = grade_many(pairs, workers=1, timeout_s=2.0)
     assert [g.correct for g in grades] == [True, False, False, False]
-    assert grades[1].status in ("parse_error", "timeout") and grades[3].status == "parse_error"
+    # the nested answer parses in about 2 s: "ok" (and wrong) on an idle machine, "timeout" on a loaded one; its
+    # neighbours are graded as if it were not there
+    assert grades[1].status in ("ok", "parse_error", "timeout") and grades[3].status == "parse_error"
+    assert grades[0].status == grades[2].status == "ok"
 
 
 @pytest.mark.slow
