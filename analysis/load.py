@@ -30,7 +30,7 @@ class Results:
     sweeps: dict[str, dict]  # sweep name -> its sweep.json (empty dict when absent)
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     """A JSON object; anything else is a ValueError naming the file."""
     try:
         data = json.loads(path.read_text())
@@ -99,7 +99,7 @@ def find_run_dirs(paths: list[Path]) -> dict[str, list[Path]]:
 
 def run_identity(run_dir: Path) -> tuple[str, int]:
     """(arm, seed) of a run: ``meta.arm`` and ``seed`` of config.json, else parsed from the run id."""
-    config = _read_json(run_dir / "config.json")
+    config = read_json(run_dir / "config.json")
     parsed = RUN_ID.match(run_dir.name)
     arm = config.get("meta", {}).get("arm") or (parsed["arm"] if parsed else run_dir.name)
     seed = config.get("seed", int(parsed["seed"]) if parsed else 0)
@@ -121,7 +121,7 @@ def _eval_rows(sweep: str, run_dir: Path, arm: str, seed: int) -> list[dict]:
         }
         for row in evals
     ]
-    summary = _read_json(run_dir / "summary.json")
+    summary = read_json(run_dir / "summary.json")
     best_step = summary.get("best_step", summary.get("steps"))
     # tokens spent when the chosen checkpoint was saved: the eval at that step logged them
     at_best = [row.get("generated_tokens") for row in evals if row["step"] == best_step]
@@ -166,7 +166,7 @@ def load_results(paths: list[Path]) -> Results:
     for sweep, run_dirs in find_run_dirs(paths).items():
         sweep_file = run_dirs[0].parent / "sweep.json"
         try:
-            sweeps[sweep] = _read_json(sweep_file) if sweep_file.is_file() else {}
+            sweeps[sweep] = read_json(sweep_file) if sweep_file.is_file() else {}
         except ValueError as error:
             unreadable.append(str(error))
             sweeps[sweep] = {}

@@ -33,7 +33,7 @@ if __package__ in (None, ""):  # run as a plain file: make the repo root importa
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analysis.figures import plot_training_curves
-from analysis.load import load_results
+from analysis.load import load_results, read_json
 from analysis.make_tables import SENTENCES_HEADER, arms_in_order, sweep_mechanisms, sweep_tables, table_sentences
 from analysis.tables import to_markdown
 
@@ -102,12 +102,9 @@ def read_timing(sweep_dir: Path) -> dict | None:
     path = sweep_dir / TIMING
     if not path.is_file():
         return None
-    try:
-        timing = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: not JSON ({error})") from None
+    timing = read_json(path)
     keys = {"host", "date", "commit", "commands", "wall_s", "cpu_s"}
-    if not isinstance(timing, dict) or not keys <= set(timing):
+    if not keys <= set(timing):
         raise ValueError(f"{path}: not a timing record (needs {', '.join(sorted(keys))})")
     return timing
 

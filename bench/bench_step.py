@@ -352,22 +352,17 @@ def main() -> None:
         "runs": {side: [{k: v for k, v in r.items() if k != "ends"} for r in runs[side]] for side in sides},
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__},
     }
-    if {"ours", "trl"} <= set(sides):
-        ratios = [t / o for o, t in zip(medians["ours"], medians["trl"], strict=True)]
-        result["speedup_per_repeat"] = ratios
-        result["speedup"] = statistics.median(ratios)
-        print(
-            f"ours / TRL steps per second: {result['speedup']:.2f}x "
-            f"(per repeat: {', '.join(f'{r:.2f}' for r in ratios)})"
-        )
-    if {"ours", "variant"} <= set(sides):
-        ratios = [o / v for o, v in zip(medians["ours"], medians["variant"], strict=True)]
-        result["variant_speedup_per_repeat"] = ratios
-        result["variant_speedup"] = statistics.median(ratios)
-        print(
-            f"variant / ours steps per second: {result['variant_speedup']:.2f}x "
-            f"(per repeat: {', '.join(f'{r:.2f}' for r in ratios)}; variant: {' '.join(args.variant)})"
-        )
+    # (numerator side, denominator side, result key, label) of a ratio of steps per second (1 / median step time)
+    ratio_specs = [("ours", "trl", "speedup", "ours / TRL"), ("variant", "ours", "variant_speedup", "variant / ours")]
+    for fast, slow, key, label in ratio_specs:
+        if {fast, slow} <= set(sides):
+            ratios = [b / a for a, b in zip(medians[fast], medians[slow], strict=True)]
+            result[f"{key}_per_repeat"], result[key] = ratios, statistics.median(ratios)
+            note = f"; variant: {' '.join(args.variant)}" if fast == "variant" else ""
+            print(
+                f"{label} steps per second: {result[key]:.2f}x (per repeat: {', '.join(f'{r:.2f}' for r in ratios)}"
+                f"{note})"
+            )
     for side in ("ours", "variant"):
         if side in sides:
             parts = {

@@ -52,9 +52,9 @@ class Arm:
         return f"{self.preset}-{self.tag}" if self.tag else self.preset
 
 
-# The model before RL as an arm of every sweep: one run per seed tests it with the sweep's test settings (its test
-# sampling seed is the one a trained run uses when its best-on-dev checkpoint is step 0), so it pairs by seed with
-# every arm. Its config is GRPO's under the shared settings; with no step trained, the algorithm is never used.
+# The model before RL as an arm of every sweep: one run per seed tests it with the sweep's test settings and the test
+# sampling seed every run of that seed uses (training.evaluation), so it pairs by seed with every arm. Its config is
+# GRPO's under the shared settings; with no step trained, the algorithm is never used.
 WARM_START = Arm("grpo", tag="warm_start", steps=0)
 
 

@@ -41,6 +41,7 @@ import shutil
 import string
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,12 +172,19 @@ def cache_root() -> Path:
     return Path(os.environ.get("RLABLATE_CACHE") or Path.home() / ".cache" / "rl-ablate")
 
 
+def _token_rows(
+    tokenizer: PreTrainedTokenizerFast, problems: list[Problem], targets: list[str]
+) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, target ids + EOS) of each problem and its supervised target."""
+    prompts = tokenizer([render_prompt("tiny", p) for p in problems], add_special_tokens=False)["input_ids"]
+    target_ids = tokenizer(targets, add_special_tokens=False)["input_ids"]
+    return [(prompt, [*target, tokenizer.eos_token_id]) for prompt, target in zip(prompts, target_ids, strict=True)]
+
+
 def _sft_rows(tokenizer: PreTrainedTokenizerFast) -> list[tuple[list[int], list[int]]]:
     """(prompt ids, solution ids + EOS) of every train problem, tasks in ``TASK_NAMES`` order."""
     problems = [p for name in TASK_NAMES for p in task_problems(name, "train")]
-    prompts = tokenizer([render_prompt("tiny", p) for p in problems], add_special_tokens=False)["input_ids"]
-    solutions = tokenizer([p.meta["solution"] for p in problems], add_special_tokens=False)["input_ids"]
-    return [(prompt, [*solution, tokenizer.eos_token_id]) for prompt, solution in zip(prompts, solutions, strict=True)]
+    return _token_rows(tokenizer, problems, [p.meta["solution"] for p in problems])
 
 
 def _habit_rows(
@@ -190,9 +198,27 @@ def _habit_rows(
         )
         for p in problems
     ]
-    prompts = tokenizer([render_prompt("tiny", p) for p in problems], add_special_tokens=False)["input_ids"]
-    target_ids = tokenizer(targets, add_special_tokens=False)["input_ids"]
-    return [(prompt, [*target, tokenizer.eos_token_id]) for prompt, target in zip(prompts, target_ids, strict=True)]
+    return _token_rows(tokenizer, problems, targets)
+
+
+def _index_batches(count: int, batch_size: int, order: torch.Generator) -> Iterator[list[int]]:
+    """Batches of indices into ``count`` rows: a seeded permutation, a fresh one when its rest cannot fill a batch."""
+    while True:
+        permutation = torch.randperm(count, generator=order).tolist()
+        for position in range(0, count - batch_size + 1, batch_size):
+            yield permutation[position : position + batch_size]
+
+
+def _sft_step(
+    model: Qwen3ForCausalLM, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor]
+) -> torch.Tensor:
+    """One supervised step (gradient norm clipped at 1); returns the loss."""
+    loss = model(**batch).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss
 
 
 def _collate(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -253,22 +279,15 @@ def train_warm_start(
     order = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=(0.9, 0.99), weight_decay=0.0)
     start, history, best, best_score, prefix = time.perf_counter(), [], None, float("inf"), None
-    permutation, position = torch.randperm(len(rows), generator=order).tolist(), 0
+    batches = _index_batches(len(rows), recipe.batch_size, order)
     model.train()
     bar = tqdm(total=recipe.max_steps, desc="tiny build (stops at the target)", unit="step", disable=not progress)
     for step in range(1, recipe.max_steps + 1):
         bar.update()
-        if position + recipe.batch_size > len(permutation):  # a new epoch: a fresh seeded permutation
-            permutation, position = torch.randperm(len(rows), generator=order).tolist(), 0
-        indices, position = permutation[position : position + recipe.batch_size], position + recipe.batch_size
-        batch = _collate([rows[i] for i in indices], tokenizer.pad_token_id)
+        batch = _collate([rows[i] for i in next(batches)], tokenizer.pad_token_id)
         for group in optimizer.param_groups:
             group["lr"] = recipe.lr_at(step)
-        loss = model(**batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        loss = _sft_step(model, optimizer, batch)
         if step == PREFIX_STEPS:
             prefix = {"step": step, "fingerprint": weights_fingerprint(model)}
         due = step >= recipe.first_eval and (step - recipe.first_eval) % recipe.eval_every == 0
@@ -315,20 +334,11 @@ def _habit_steps(
     problems = [p for name in TASK_NAMES for p in task_problems(name, "train")]
     order = torch.Generator().manual_seed(seed + HABIT_ORDER_OFFSET)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.habit_lr, betas=(0.9, 0.99), weight_decay=0.0)
-    permutation, position, start = torch.randperm(len(problems), generator=order).tolist(), 0, time.perf_counter()
+    batches, start = _index_batches(len(problems), recipe.batch_size, order), time.perf_counter()
     model.train()
     for step in tqdm(range(1, recipe.habit_steps + 1), desc="tiny build: habits", unit="step", disable=not progress):
-        if position + recipe.batch_size > len(permutation):
-            permutation, position = torch.randperm(len(problems), generator=order).tolist(), 0
-        indices, position = permutation[position : position + recipe.batch_size], position + recipe.batch_size
-        batch = _collate(
-            _habit_rows(tokenizer, [problems[i] for i in indices], seed, step, recipe), tokenizer.pad_token_id
-        )
-        loss = model(**batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        rows = _habit_rows(tokenizer, [problems[i] for i in next(batches)], seed, step, recipe)
+        loss = _sft_step(model, optimizer, _collate(rows, tokenizer.pad_token_id))
     metrics = dev_accuracy(model, tokenizer, recipe.eval_samples, seed, recipe.eval_problems)
     entry = {
         "steps": recipe.habit_steps,
