@@ -93,12 +93,13 @@ def test_sigterm_stops_a_local_sweep_with_its_trainers_and_a_relaunch_leaves_a_r
     command = [sys.executable, "sweeps/compare.py", "--methods", "grpo", "--seeds", "1", "--steps", "10000",
                "--model", str(tiny_model_dir), "--out", str(sweep), "--parallel", "1", *flags]  # fmt: skip
     launcher = subprocess.Popen(command, cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    run = None  # the launcher writes the run folder's config.json first
+    run = None  # the launcher writes the run folder's config.json first; the warm-start arm (steps=0) ends at once
     try:
         deadline = time.monotonic() + 120
         while run is None and time.monotonic() < deadline:
             time.sleep(0.2)
-            found = [p for p in sweep.glob("*") if (p / "config.json").is_file()] if sweep.is_dir() else []
+            folders = sweep.glob("grpo-s0-*") if sweep.is_dir() else []
+            found = [p for p in folders if (p / "config.json").is_file()]
             run = found[0] if found else None
         assert run is not None, launcher.communicate()
         trainer = wait_for_lock(run, launcher)
