@@ -11,6 +11,8 @@ import pytest
 from algorithms import ALGORITHMS
 from training.config import (
     PROFILES,
+    TINY_BUILD_FILE,
+    ModelConfig,
     apply_overrides,
     config_hash,
     from_dict,
@@ -53,6 +55,14 @@ def test_overrides_are_typed_and_the_preset_switch_comes_first():
     assert config.model.path == "/tmp/model" and config.model.prompt_template == "base_boxed"
     assert config.rollout.group_size == 4 and config.logging.progress_bar is False
     assert tiny().model.prompt_template == "tiny"
+
+
+def test_a_model_folder_built_by_training_tiny_gets_the_tiny_template(tmp_path: Path):
+    built = ModelConfig(path=str(tmp_path))
+    assert built.prompt_template == "base_boxed"  # a folder that training.tiny did not build: a base model's
+    (tmp_path / TINY_BUILD_FILE).write_text("{}")
+    assert built.prompt_template == "tiny"
+    assert dataclasses.replace(built, template="chat_boxed").prompt_template == "chat_boxed"  # named wins
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ import json
 import math
 import types
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from algorithms import ALGORITHMS, PRESET_OPTIM, Algorithm, get_algorithm
@@ -22,6 +23,7 @@ Strategy = Literal["ddp", "fsdp2"]
 Schedule = Literal["constant", "cosine"]
 DType = Literal["float32", "bfloat16"]
 Attention = Literal["sdpa", "eager"]
+TINY_BUILD_FILE = "tiny_build.json"  # training.tiny writes it into every model folder it builds
 OldPolicy = Literal["trained", "sampler", "forward"]
 
 
@@ -30,9 +32,7 @@ class ModelConfig:
     """The policy. ``path=None`` is the embedded tiny model (``training.tiny.ensure_tiny_model``)."""
 
     path: str | None = None
-    template: str | None = (
-        None  # prompt template of evals.render_prompt; None: "tiny" if path is None else "base_boxed"
-    )
+    template: str | None = None  # prompt template of evals.render_prompt; None: see prompt_template
     compute_dtype: DType = "float32"  # parameters and optimiser state stay float32; this is the matmul dtype
     attention: Attention = "sdpa"  # the trainer's attention kernel (transformers' attn_implementation)
     gradient_checkpointing: bool = False  # recompute each decoder layer in the backward (the update runs in train mode)
@@ -41,9 +41,11 @@ class ModelConfig:
 
     @property
     def prompt_template(self) -> str:
+        """``template``, else "tiny" for the embedded model or any folder ``training.tiny`` built (it holds
+        ``TINY_BUILD_FILE``), else "base_boxed"."""
         if self.template is not None:
             return self.template
-        return "tiny" if self.path is None else "base_boxed"
+        return "tiny" if self.path is None or (Path(self.path) / TINY_BUILD_FILE).is_file() else "base_boxed"
 
 
 @dataclass(frozen=True)
