@@ -4,18 +4,20 @@ The warm-started model (supervised on worked solutions of the synthetic tasks, `
 default recipe is shipped in the package (``training/tiny_model/``, about 3 MB); other seeds and recipes are built on
 first use and cached. The build is
 
-    random Qwen3 (seed) -> SFT on train-split worked solutions, loss on solution tokens only
+    random Qwen3 (seed) -> SFT on train-split worked solutions, loss on solution tokens only; each target opens by
+       restating the problem with ``restate_prob`` (``42+12:2+2=4,...``), drawn afresh at every step
     -> every ``eval_every`` steps: sampled accuracy on the dev split (n samples, temperature 1.0, the real grader)
     -> keep the checkpoint whose pass@1 is closest to ``target_pass1`` among those in the window with pass@n
        clearly above pass@1 (so RL finds prompts solved by all, some and none of the samples)
     -> stage 2, habits: ``habit_steps`` more steps at a low lr on targets drawn by ``evals.tasks.sample_solution``,
-       which answers without working 30% of the time and opens by restating the problem in half of the rest.
+       which answers without working 30% of the time and keeps stage 1's restatement in the rest.
 
-Why the habits: a model that always writes its one canonical solution leaves RL little to do but sharpen (+6
-points of held-out pass@1 in 100 GRPO steps) and writes identical strings whenever it is right, so Miner's intrinsic
-advantage is 0 by construction (issue 17). A warm start that sometimes guesses, as base models do, gives RL a habit
-to unlearn (GRPO: held-out pass@1 from 12.2% to 41.2% in 60 steps, 3 seeds; docs/TESTBED.md), and the
-restatement makes correct answers differ in form.
+Why two forms and the habits: a model that always writes its one canonical solution leaves RL little to do but
+sharpen (+6 points of held-out pass@1 in 100 GRPO steps) and writes identical strings whenever it is right, so Miner's
+intrinsic advantage is 0 by construction (issue 17). A warm start that sometimes guesses, as base models do, gives RL
+a habit to unlearn, and two solution forms learned side by side from the first step keep correct answers different
+after RL (a restatement taught only in stage 2 was learned worse, so GRPO dropped it: 27% of answers to 2% in 60
+steps). Figures in docs/TESTBED.md.
 
 Choosing by measured accuracy rather than by step count matters: the 20-60 % window of a tiny model's sampled
 accuracy is narrow and shifts between runs (../shared/ENVIRONMENT.md). The same seed and recipe give bit-identical
@@ -25,9 +27,8 @@ Why ship it: float reductions differ between CPUs (vector width, kernels), so a 
 machine kind only, and the embedded default must be the same model on every host. ``ensure_tiny_model`` returns the
 shipped folder for seed 0 and ``RECIPE`` without building. Its ``tiny_build.json`` holds the recipe, the dev curve and
 a fingerprint of the weights after the first ``PREFIX_STEPS`` SFT steps (``prefix``), which the tests replay on any
-machine (``replay_prefix``). The shipped model (recipe version 4) was made by one
-``python -m training.tiny build --out training/tiny_model`` on a 2-core AVX-512 x86-64 host; its stage-1 dev curve
-up to step 750 equals version 2's build there, which a full rebuild had reproduced bit-identically.
+machine (``replay_prefix``). The shipped model (recipe version 5) was made by one
+``python -m training.tiny build --out training/tiny_model`` on a 2-core AVX-512 x86-64 host (6 min 13 s).
 """
 
 import argparse
@@ -55,10 +56,11 @@ from evals.cli import one_line_errors
 from evals.problem import Problem
 from evals.tasks import MAX_NEW_TOKENS, TASK_NAMES, sample_solution, task_problems
 from rollout import SamplingParams, TransformersEngine
+from training.config import TINY_BUILD_FILE
 
 PAD, EOS = "<pad>", "<eos>"
 CHARACTERS = string.digits + string.ascii_letters + string.punctuation + " \n"
-BUILD_FILE = "tiny_build.json"  # written last into the model folder: the recipe, the dev curve and the chosen step
+BUILD_FILE = TINY_BUILD_FILE  # written last into the model folder: the recipe, the dev curve and the chosen step
 SHIPPED_DIR = Path(__file__).resolve().parent / "tiny_model"  # the built model of seed 0 and RECIPE, in the package
 # stage 2 draws its targets as step HABIT_STEP_OFFSET + i (apart from stage 1's), its data order from seed + 1000
 HABIT_STEP_OFFSET, HABIT_ORDER_OFFSET = 10_000, 1000
@@ -121,12 +123,12 @@ class Recipe:
     decay_start: int = 0
     decay_end: int = 400
     final_lr_ratio: float = 1 / 3
-    max_steps: int = 1200  # most builds stop earlier, at the first dev pass@1 >= target_pass1
+    max_steps: int = 1500  # most builds stop earlier, at the first dev pass@1 >= target_pass1
     first_eval: int = 450  # sampled dev accuracy stays under 15 % before this
     eval_every: int = 50
     eval_samples: int = 8  # n per dev problem
     eval_problems: int | None = None  # per task, the first ones of the dev split (None: all)
-    target_pass1: float = 0.40
+    target_pass1: float = 0.50
     min_pass1: float = 0.15
     max_pass1: float = 0.60
     min_gap: float = 0.15  # pass@n - pass@1 of an acceptable checkpoint
@@ -138,7 +140,9 @@ class Recipe:
     direct_prob: float = 0.3
     restate_prob: float = 0.5
     habit_threads: int = 1  # torch threads of stage 2
-    version: int = 4  # bump when the tasks or the training code change what a recipe builds (4: the habit stage)
+    # bump when the tasks or the training code change what a recipe builds (4: the habit stage; 5: the restatement
+    # from stage 1 on, so RL meets two equally learned forms)
+    version: int = 5
 
     def __post_init__(self) -> None:
         if not 0 < self.min_pass1 <= self.target_pass1 <= self.max_pass1 < 1:
@@ -181,23 +185,19 @@ def _token_rows(
     return [(prompt, [*target, tokenizer.eos_token_id]) for prompt, target in zip(prompts, target_ids, strict=True)]
 
 
-def _sft_rows(tokenizer: PreTrainedTokenizerFast) -> list[tuple[list[int], list[int]]]:
-    """(prompt ids, solution ids + EOS) of every train problem, tasks in ``TASK_NAMES`` order."""
-    problems = [p for name in TASK_NAMES for p in task_problems(name, "train")]
-    return _token_rows(tokenizer, problems, [p.meta["solution"] for p in problems])
-
-
-def _habit_rows(
-    tokenizer: PreTrainedTokenizerFast, problems: list[Problem], seed: int, step: int, recipe: Recipe
+def _target_rows(
+    tokenizer: PreTrainedTokenizerFast,
+    problems: list[Problem],
+    seed: int,
+    step: int,
+    direct_prob: float,
+    restate_prob: float,
 ) -> list[tuple[list[int], list[int]]]:
-    """(prompt ids, target ids + EOS) of ``problems`` for habit step ``step``: each target drawn by
+    """(prompt ids, target ids + EOS) of ``problems`` at build step ``step``: each target drawn by
     ``sample_solution`` from a stream seeded by (seed, step, problem id), the same on every machine."""
     targets = [
-        sample_solution(
-            p, random.Random(f"{seed}:{HABIT_STEP_OFFSET + step}:{p.id}"), recipe.direct_prob, recipe.restate_prob
-        )
-        for p in problems
-    ]
+        sample_solution(p, random.Random(f"{seed}:{step}:{p.id}"), direct_prob, restate_prob) for p in problems
+    ]  # fmt: skip
     return _token_rows(tokenizer, problems, targets)
 
 
@@ -275,16 +275,18 @@ def train_warm_start(
     tokenizer = char_tokenizer()
     torch.manual_seed(seed)
     model = Qwen3ForCausalLM(tiny_config(len(tokenizer), hidden=recipe.hidden, layers=recipe.layers))
-    rows = _sft_rows(tokenizer)
+    problems = [p for name in TASK_NAMES for p in task_problems(name, "train")]
     order = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=(0.9, 0.99), weight_decay=0.0)
     start, history, best, best_score, prefix = time.perf_counter(), [], None, float("inf"), None
-    batches = _index_batches(len(rows), recipe.batch_size, order)
+    batches = _index_batches(len(problems), recipe.batch_size, order)
     model.train()
     bar = tqdm(total=recipe.max_steps, desc="tiny build (stops at the target)", unit="step", disable=not progress)
     for step in range(1, recipe.max_steps + 1):
         bar.update()
-        batch = _collate([rows[i] for i in next(batches)], tokenizer.pad_token_id)
+        batch_problems = [problems[i] for i in next(batches)]
+        rows = _target_rows(tokenizer, batch_problems, seed, step, 0.0, recipe.restate_prob)
+        batch = _collate(rows, tokenizer.pad_token_id)
         for group in optimizer.param_groups:
             group["lr"] = recipe.lr_at(step)
         loss = _sft_step(model, optimizer, batch)
@@ -337,7 +339,10 @@ def _habit_steps(
     batches, start = _index_batches(len(problems), recipe.batch_size, order), time.perf_counter()
     model.train()
     for step in tqdm(range(1, recipe.habit_steps + 1), desc="tiny build: habits", unit="step", disable=not progress):
-        rows = _habit_rows(tokenizer, [problems[i] for i in next(batches)], seed, step, recipe)
+        rows = _target_rows(
+            tokenizer, [problems[i] for i in next(batches)], seed, HABIT_STEP_OFFSET + step, recipe.direct_prob,
+            recipe.restate_prob,
+        )  # fmt: skip
         loss = _sft_step(model, optimizer, _collate(rows, tokenizer.pad_token_id))
     metrics = dev_accuracy(model, tokenizer, recipe.eval_samples, seed, recipe.eval_problems)
     entry = {
