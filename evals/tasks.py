@@ -6,12 +6,13 @@ worked solution (one step per digit column, quotient digit or operation, then ``
 is a chain of equal arithmetic expressions (``4+8+1=13``, ``34=5*6+4``, ``3x=25-7=18``), so it can be checked.
 
 A warm start should also have habits for RL to work on, as a base model has: ``sample_solution`` draws the
-supervised targets of the embedded model's second build stage, in which a solution sometimes states the answer
-without its working (``\\boxed{54}``: right only by luck, so RL learns to work problems out) and sometimes opens
-by restating the problem (``42+12:2+2=4,4+1=5,\\boxed{54}``: equally correct, so the correct answers to one
-problem differ, and Miner's intrinsic advantage over an all-correct group, max(0, mean(l) - l_i), is not 0 by
-construction as it is among identical responses). The restatement opens the answer, where the model decides its
-form, as it decides whether to work at all: a fork before the box, after steps the model is sure of, stays rare.
+supervised targets of the embedded model's build (``training.tiny``). A solution sometimes opens by restating the
+problem (``42+12:2+2=4,4+1=5,\\boxed{54}``: equally correct, so the correct answers to one problem differ, and
+Miner's intrinsic advantage over an all-correct group, max(0, mean(l) - l_i), is not 0 by construction as it is
+among identical responses); in the second build stage it sometimes states the answer without its working
+(``\\boxed{54}``: right only by luck, so RL learns to work problems out). The restatement opens the answer, where
+the model decides its form, as it decides whether to work at all: a fork before the box, after steps the model is
+sure of, stays rare.
 
 Splits are disjoint by construction: each (family, level) has one deterministic stream of distinct problems,
 cut into test, then dev, then train; a split lists its levels interleaved (1, 2, 3, 1, 2, 3, ...).

@@ -19,12 +19,12 @@ from training.config import PROFILES, RunConfig, apply_overrides
 AGGREGATIONS = list(Aggregation.__args__)
 # Steps per run of a sweep when --steps is not given, where it differs from the profile's own: the embedded default's
 # 4 arms x 3 seeds must finish in ten minutes on 2 cores (a single tiny run trains 100; docs/PERFORMANCE.md item 5).
-SWEEP_STEPS = {"tiny": 60}
+SWEEP_STEPS = {"tiny": 50}
 # Settings of a profile's sweeps that differ from its single runs (before --set): the embedded default tests its
 # final model (no dev evaluations: choosing a checkpoint on 108 noisy dev problems adds seed noise and costs more
-# than the test), at n = 16 samples per problem: sampling is cheap next to training, and every arm of one seed draws
-# the same evaluation random numbers, so more samples shrink the paired differences' noise.
-SWEEP_SETTINGS = {"tiny": ("eval.every=0", "eval.n=16")}
+# than the test), at n = 48 samples per problem. Test sampling noise was most of the paired differences' spread at
+# n = 16 (0.63 of 0.81 points, docs/TESTBED.md), and 32 more samples cost about what the 10 dropped steps save.
+SWEEP_SETTINGS = {"tiny": ("eval.every=0", "eval.n=48")}
 
 
 def add_sweep_args(parser: argparse.ArgumentParser) -> None:

@@ -66,7 +66,7 @@ def test_runs_share_settings_and_differ_only_in_their_arm(tmp_path: Path):
         digest = run.run_id.rsplit("-", 1)[1]  # {preset}-{tag}-s{seed}-{hash[:6]}, the arm being {preset}-{tag}
         arm = "grpo-warm_start" if run.arm == "warm_start" else run.arm  # the warm start: GRPO's config, 0 steps
         assert run.run_id == f"{arm}-s{run.seed}-{digest}" and len(digest) == 6
-        assert run.config.steps == (0 if run.arm == "warm_start" else 60)  # tiny sweeps: 60 steps
+        assert run.config.steps == (0 if run.arm == "warm_start" else 50)  # tiny sweeps: 50 steps
         assert digest == config_hash(run.config)[:6]
         assert Path(run.config.out_dir) == tmp_path.resolve() / run.run_id
         assert (run.config.optim.lr, run.config.rollout.group_size) == (3e-5, 4)
