@@ -11,7 +11,7 @@ from algorithms.aggregate import aggregate
 from algorithms.logprobs import linear_token_logp_and_entropy, token_logit_stats, token_logp_and_entropy
 from algorithms.losses import policy_loss
 from algorithms.presets import ALGORITHMS, PRESET_OPTIM, Algorithm, get_algorithm
-from algorithms.rewards import group_filter, shape_rewards
+from algorithms.rewards import group_filter, overlong_shaped, shape_rewards
 from algorithms.types import AdvantageOutput, LogitStats, LossOutput, Normalizers
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "get_algorithm",
     "group_filter",
     "linear_token_logp_and_entropy",
+    "overlong_shaped",
     "policy_loss",
     "shape_rewards",
     "token_logit_stats",

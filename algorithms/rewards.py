@@ -34,12 +34,19 @@ def shape_rewards(algo: Algorithm, correct_B: Tensor, lengths_B: Tensor, max_new
             assert_never(algo.reward)
     if algo.overlong_buffer > 0:
         cache = algo.overlong_buffer * max_new_tokens
-        expected = max_new_tokens - cache
+        expected = max_new_tokens - cache  # overlong_shaped's threshold
         length_B = lengths_B.float()
         penalty_B = ((expected - length_B) / cache).clamp(max=0.0)  # 0 up to L_max - L_cache, then linear
         penalty_B = torch.where(length_B > max_new_tokens, torch.full_like(penalty_B, -1.0), penalty_B)
         rewards_B = rewards_B + penalty_B
     return rewards_B
+
+
+def overlong_shaped(algo: Algorithm, lengths_B: Tensor, max_new_tokens: int) -> Tensor:
+    """Bool per response: does overlong shaping change its reward (shaping on, L > L_max - L_cache)?"""
+    if algo.overlong_buffer <= 0:
+        return torch.zeros(lengths_B.shape, dtype=torch.bool, device=lengths_B.device)
+    return lengths_B.float() > max_new_tokens - algo.overlong_buffer * max_new_tokens
 
 
 def group_filter(algo: Algorithm, correct_B: Tensor, rewards_B: Tensor, group_size: int) -> Tensor:

@@ -9,7 +9,8 @@ Per-run numbers, each from the metrics.jsonl keys named (a key a run did not log
     calibration   s mean: mean over steps of algo/calibration_scale; s < 1 %: 100 * share of steps with s < 1
     intrinsic     mass %: 100 * mean over steps of algo/intrinsic_mass_share
     entropy       start, end: mean of policy/entropy over the first and the last EDGE_STEPS steps
-    response      length: mean over steps of rollout/response_len_mean; truncated %: 100 * mean rollout/truncated_frac
+    response      length: mean over steps of rollout/response_len_mean; truncated %: 100 * mean rollout/truncated_frac;
+                  overlong %: 100 * mean rollout/overlong_frac (responses whose reward DAPO's overlong shaping cut)
     tokens        generated, discarded: tokens/generated_total and tokens/discarded_total at the last step
     time          loop s: sum over steps of time/step (the training loop; evaluations not counted)
 """
@@ -101,6 +102,7 @@ MECHANISMS = (
     Mechanism("entropy", "end", 3, _edge("policy/entropy", last=True)),
     Mechanism("response", "length", 1, _mean("rollout/response_len_mean")),
     Mechanism("response", "truncated %", 1, _mean("rollout/truncated_frac", 100)),
+    Mechanism("response", "overlong %", 1, _mean("rollout/overlong_frac", 100)),
     Mechanism("tokens", "generated", 0, _last("tokens/generated_total")),
     Mechanism("tokens", "discarded", 0, _last("tokens/discarded_total")),
     Mechanism("time", "loop s", 0, _total("time/step")),

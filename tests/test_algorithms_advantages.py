@@ -12,6 +12,7 @@ from algorithms import (
     compute_advantages,
     get_algorithm,
     group_filter,
+    overlong_shaped,
     shape_rewards,
 )
 
@@ -42,6 +43,8 @@ def test_dapo_signed_rewards_with_overlong_shaping_by_hand():
         1.0 - 1.0,  # beyond L_max: -1
     ]
     close(shape_rewards(get_algorithm("dapo"), correct_B, lengths_B, 10), want)
+    assert overlong_shaped(get_algorithm("dapo"), lengths_B, 10).tolist() == [False, False, True, True, True]
+    assert not overlong_shaped(get_algorithm("grpo"), lengths_B, 10).any()  # no buffer, no shaping
 
 
 def test_group_filter_drops_groups_by_correctness():

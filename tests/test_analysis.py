@@ -296,6 +296,7 @@ def write_mechanism_run(sweep_dir: Path, arm: str, seed: int, miner: bool) -> No
                 "policy/entropy": 1.0 - 0.1 * step,
                 "rollout/response_len_mean": 20.0 + seed,
                 "rollout/truncated_frac": 0.05,
+                "rollout/overlong_frac": 0.1 * (step % 2),  # every other step: 10 %
                 "tokens/generated_total": 100 * step,
                 "tokens/discarded_total": 10 * step,
                 "time/step": 2.0,
@@ -332,6 +333,7 @@ def test_mechanism_table_columns_from_a_synthetic_sweep(tmp_path: Path):
     assert miner["start"].mean == pytest.approx(0.7)  # steps 1-5: 1 - 0.1 * mean(1..5) = 1 - 0.3
     assert miner["end"].mean == pytest.approx(0.6)  # steps 2-6: 1 - 0.1 * 4
     assert miner["length"].mean == pytest.approx(20.5) and miner["truncated %"].mean == pytest.approx(5.0)
+    assert miner["overlong %"].mean == pytest.approx(5.0)  # (0.1 + 0 + 0.1 + 0 + 0.1 + 0) / 6
     assert (miner["generated"].mean, miner["discarded"].mean, miner["loop s"].mean) == (600, 60, 12)
     assert ("grpo", ("calibration", "s mean")) not in table.cells  # not logged by GRPO: a dash
     assert table.cells[("grpo", ("groups %", "all-correct"))].mean == pytest.approx(25.0)

@@ -19,6 +19,7 @@ PUBLIC = {
         "get_algorithm",
         "group_filter",
         "policy_loss",
+        "overlong_shaped",
         "shape_rewards",
         "linear_token_logp_and_entropy",
         "token_logit_stats",

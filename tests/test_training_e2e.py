@@ -37,6 +37,7 @@ DESIGN_KEYS = [
     "rollout/response_len_mean",
     "rollout/response_len_max",
     "rollout/truncated_frac",
+    "rollout/overlong_frac",
     "policy/loss",
     "policy/entropy",
     "policy/approx_kl",

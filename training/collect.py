@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from algorithms import group_filter, shape_rewards
+from algorithms import group_filter, overlong_shaped, shape_rewards
 from evals import Problem, grade_many
 from rollout import SamplingParams
 from rollout.types import Engine
@@ -100,7 +100,10 @@ def collect(
         groups -= 1
     train_batch = concat(kept, pad_id).select(list(range(groups * G))) if groups else None
     trained = train_batch.num_tokens if train_batch is not None else 0
+    lengths_B = torch.cat([b.lengths_B for b in rounds])
+    overlong_B = overlong_shaped(config.algorithm, lengths_B, config.rollout.max_new_tokens)
     metrics = rollout_metrics(rounds, G) | {
+        "rollout/overlong_frac": overlong_B.float().mean().item(),
         "rollout/rounds": float(len(rounds)),
         "rollout/groups_kept": float(groups),
     }
