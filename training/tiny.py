@@ -134,11 +134,11 @@ class Recipe:
     min_gap: float = 0.15  # pass@n - pass@1 of an acceptable checkpoint
     threads: int = 2  # torch threads during the build: part of the recipe, since reduction order follows it
     # stage 2, habits: the chosen checkpoint goes on for habit_steps steps at habit_lr (constant) on targets drawn by
-    # evals.tasks.sample_solution: the answer alone (direct_prob), or the working with a restatement (restate_prob)
+    # evals.tasks.sample_solution: the answer alone (direct_prob), or the working, restated as in stage 1
     habit_steps: int = 150
     habit_lr: float = 3e-4
     direct_prob: float = 0.3
-    restate_prob: float = 0.5
+    restate_prob: float = 0.5  # both stages: the share of worked solutions that open by restating the problem
     habit_threads: int = 1  # torch threads of stage 2
     # bump when the tasks or the training code change what a recipe builds (4: the habit stage; 5: the restatement
     # from stage 1 on, so RL meets two equally learned forms)
