@@ -161,10 +161,12 @@ def metric_steps_or_empty(run_dir: Path) -> list[int]:
 
 
 def release(job_id: str, wait_s: float = 10) -> None:
-    """Slurm holds a requeued job ~2 minutes (its BeginTime); make it eligible now so the test stays short."""
+    """Slurm holds a requeued job ~2 minutes (its BeginTime); make it eligible in 3 s so the test stays short. Not at
+    once: slurmd refuses a batch launch whose credential dates from the second of the kill that requeued the job
+    ("Job credential revoked"), and the job then fails (seen in CI: requeued at 22:15:12.2, relaunched at 12.9)."""
     for _ in range(int(wait_s * 2)):
         state = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True).stdout
         if "PENDING" in state:
-            subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=False)
+            subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now+3"], check=False)
             return
         time.sleep(0.5)
