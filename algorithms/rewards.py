@@ -34,7 +34,7 @@ def shape_rewards(algo: Algorithm, correct_B: Tensor, lengths_B: Tensor, max_new
             assert_never(algo.reward)
     if algo.overlong_buffer > 0:
         cache = algo.overlong_buffer * max_new_tokens
-        expected = max_new_tokens - cache  # overlong_shaped's threshold
+        expected = _overlong_start(algo, max_new_tokens)
         length_B = lengths_B.float()
         penalty_B = ((expected - length_B) / cache).clamp(max=0.0)  # 0 up to L_max - L_cache, then linear
         penalty_B = torch.where(length_B > max_new_tokens, torch.full_like(penalty_B, -1.0), penalty_B)
@@ -42,11 +42,16 @@ def shape_rewards(algo: Algorithm, correct_B: Tensor, lengths_B: Tensor, max_new
     return rewards_B
 
 
+def _overlong_start(algo: Algorithm, max_new_tokens: int) -> float:
+    """L_max - L_cache: the length after which overlong shaping cuts the reward."""
+    return max_new_tokens - algo.overlong_buffer * max_new_tokens
+
+
 def overlong_shaped(algo: Algorithm, lengths_B: Tensor, max_new_tokens: int) -> Tensor:
     """Bool per response: does overlong shaping change its reward (shaping on, L > L_max - L_cache)?"""
     if algo.overlong_buffer <= 0:
         return torch.zeros(lengths_B.shape, dtype=torch.bool, device=lengths_B.device)
-    return lengths_B.float() > max_new_tokens - algo.overlong_buffer * max_new_tokens
+    return lengths_B.float() > _overlong_start(algo, max_new_tokens)
 
 
 def group_filter(algo: Algorithm, correct_B: Tensor, rewards_B: Tensor, group_size: int) -> Tensor:

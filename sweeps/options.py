@@ -39,7 +39,7 @@ def add_sweep_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any training config field")
     group.add_argument("--out", help="sweep directory (default: results/<sweep name>)")
     shared = parser.add_argument_group("shared settings (set once for every arm)")
-    shared.add_argument("--steps", type=int, help="default: the profile's (tiny: 60 in sweeps)")
+    shared.add_argument("--steps", type=int, help=f"default: the profile's (tiny: {SWEEP_STEPS['tiny']} in sweeps)")
     shared.add_argument("--lr", type=float)
     shared.add_argument("--group-size", type=int, help="samples per prompt")
     shared.add_argument("--max-new-tokens", type=int)

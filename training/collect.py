@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from algorithms import group_filter, overlong_shaped, shape_rewards
+from algorithms import Algorithm, group_filter, overlong_shaped, shape_rewards
 from evals import Problem, grade_many
 from rollout import SamplingParams
 from rollout.types import Engine
@@ -100,19 +100,18 @@ def collect(
         groups -= 1
     train_batch = concat(kept, pad_id).select(list(range(groups * G))) if groups else None
     trained = train_batch.num_tokens if train_batch is not None else 0
-    lengths_B = torch.cat([b.lengths_B for b in rounds])
-    overlong_B = overlong_shaped(config.algorithm, lengths_B, config.rollout.max_new_tokens)
-    metrics = rollout_metrics(rounds, G) | {
-        "rollout/overlong_frac": overlong_B.float().mean().item(),
+    metrics = rollout_metrics(rounds, G, config.algorithm, config.rollout.max_new_tokens) | {
         "rollout/rounds": float(len(rounds)),
         "rollout/groups_kept": float(groups),
     }
     return Collected(train_batch, data_position, generated, generated - trained, metrics, time_rollout, time_grade)
 
 
-def rollout_metrics(batches: list[StepBatch], group_size: int) -> dict[str, float]:
+def rollout_metrics(
+    batches: list[StepBatch], group_size: int, algo: Algorithm, max_new_tokens: int
+) -> dict[str, float]:
     """rollout/* over the rows of ``batches`` (per-row vectors only: no token tensor is copied). Group kinds are by
-    correctness: mixed, all correct, all wrong."""
+    correctness: mixed, all correct, all wrong; ``overlong_frac`` is the share that DAPO's overlong shaping cut."""
     correct_B = torch.cat([b.correct_B for b in batches])
     num_correct_P = correct_B.view(-1, group_size).sum(-1)
     lengths_B = torch.cat([b.lengths_B for b in batches]).float()
@@ -126,4 +125,5 @@ def rollout_metrics(batches: list[StepBatch], group_size: int) -> dict[str, floa
         "rollout/response_len_mean": lengths_B.mean().item(),
         "rollout/response_len_max": lengths_B.max().item(),
         "rollout/truncated_frac": truncated_B.float().mean().item(),
+        "rollout/overlong_frac": overlong_shaped(algo, lengths_B, max_new_tokens).float().mean().item(),
     }

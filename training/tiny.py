@@ -320,8 +320,9 @@ def train_warm_start(
 def _train_habits(
     model: Qwen3ForCausalLM, tokenizer: PreTrainedTokenizerFast, seed: int, recipe: Recipe, progress: bool
 ) -> dict:
-    """Stage 2 in place: ``habit_steps`` AdamW steps at ``habit_lr`` on ``_habit_rows`` (a fresh optimiser, its own
-    seeded data order) with ``habit_threads`` torch threads; returns the final loss and the dev accuracy after it."""
+    """Stage 2 in place: ``habit_steps`` AdamW steps at ``habit_lr`` on ``_target_rows`` with ``direct_prob`` (a fresh
+    optimiser, its own seeded data order) with ``habit_threads`` torch threads; returns the final loss and the dev
+    accuracy after it."""
     threads = torch.get_num_threads()
     torch.set_num_threads(recipe.habit_threads)
     try:
