@@ -67,6 +67,7 @@ def test_runs_share_settings_and_differ_only_in_their_arm(tmp_path: Path):
         arm = "grpo-warm_start" if run.arm == "warm_start" else run.arm  # the warm start: GRPO's config, 0 steps
         assert run.run_id == f"{arm}-s{run.seed}-{digest}" and len(digest) == 6
         assert run.config.steps == (0 if run.arm == "warm_start" else 50)  # tiny sweeps: 50 steps
+        assert run.config.eval.n == (96 if run.arm == "warm_start" else 48)  # the warm start: twice the test samples
         assert digest == config_hash(run.config)[:6]
         assert Path(run.config.out_dir) == tmp_path.resolve() / run.run_id
         assert (run.config.optim.lr, run.config.rollout.group_size) == (3e-5, 4)
@@ -78,7 +79,8 @@ def test_runs_share_settings_and_differ_only_in_their_arm(tmp_path: Path):
     assert arms["miner-no_focal"]["changes"] == {"algorithm.credit": "uniform"}
     assert arms["grpo"]["changes"] == {"algorithm.intrinsic": False, "algorithm.calibration": False}
     assert arms["miner"]["departures"] == {"algorithm.intrinsic": True, "algorithm.calibration": True}
-    assert arms["warm_start"]["departures"] == {"steps": 0}  # GRPO's config under the shared settings, untrained
+    # GRPO's config under the shared settings, untrained, and tested with twice the samples per problem
+    assert arms["warm_start"]["departures"] == {"steps": 0, "eval.n": 96}
     assert report["shared"]["lr"] == 3e-5
 
 

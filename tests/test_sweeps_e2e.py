@@ -62,10 +62,11 @@ def test_main_job_runs_the_ablation_then_the_report_as_plain_files(tmp_path: Pat
     warm = out / plan["arms"][0]["runs"][0]  # tested, not trained: no steps, no dev evaluation, no checkpoint
     assert json.loads((warm / "summary.json").read_text())["steps"] == 0 and not (warm / "metrics.jsonl").exists()
     assert not (warm / "checkpoints").exists() and {row["split"] for row in read_jsonl(warm / "eval.jsonl")} == {"test"}
-    # the same numbers as evals.run on the same model with the arms' test settings and test seed
+    # the same numbers as evals.run on the same model with the arms' test settings and test seed, at twice their
+    # samples per problem (sweeps.spec.WARM_START)
     seed = derive_seed(0, "eval", "test", "final") % 2**31
     evaluated = subprocess.run(
-        [sys.executable, "-m", "evals.run", "--model", str(model), "--benchmarks", "tiny_add,tiny_sub", "--n", "2",
+        [sys.executable, "-m", "evals.run", "--model", str(model), "--benchmarks", "tiny_add,tiny_sub", "--n", "4",
          "--limit", "2", "--template", "tiny", "--seed", str(seed), "--out", str(tmp_path / "eval")],
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
