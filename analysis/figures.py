@@ -24,15 +24,17 @@ from analysis.load import FINAL_SPLIT
 from analysis.stats import mean_ci
 from analysis.tables import AVERAGE, run_scores
 
+# metric, panel title, the range its values can take (a seed band is drawn clipped to it: with 3 seeds a t-interval
+# often reaches past 0 or 1, where the quantity cannot go)
 CURVES = (
-    ("rollout/reward_mean", "reward"),
-    ("rollout/acc_mean", "accuracy"),
-    ("policy/entropy", "entropy"),
-    ("rollout/response_len_mean", "response length"),
-    ("rollout/frac_all_correct", "all-correct fraction"),
-    ("algo/frac_all_correct_varied", "all-correct, varied responses"),
-    ("algo/calibration_scale", "calibration scale"),
-    ("algo/intrinsic_mass_share", "intrinsic share of advantage mass"),
+    ("rollout/reward_mean", "reward", (-math.inf, math.inf)),  # shaped rewards (DAPO's overlong term) go below 0
+    ("rollout/acc_mean", "accuracy", (0.0, 1.0)),
+    ("policy/entropy", "entropy", (0.0, math.inf)),
+    ("rollout/response_len_mean", "response length", (0.0, math.inf)),
+    ("rollout/frac_all_correct", "all-correct fraction", (0.0, 1.0)),
+    ("algo/frac_all_correct_varied", "all-correct, varied responses", (0.0, 1.0)),
+    ("algo/calibration_scale", "calibration scale", (0.0, 1.0)),
+    ("algo/intrinsic_mass_share", "intrinsic share of advantage mass", (0.0, 1.0)),
 )
 TOKEN_GRID = 60  # points on the shared generated-token axis
 SMOOTHING = 5  # training-curve points averaged in the centred rolling mean
@@ -50,12 +52,14 @@ def _palette(arms: list[str]) -> dict[str, tuple]:
     return dict(zip(arms, sns.color_palette("colorblind", len(arms)), strict=True))
 
 
-def _band(table: pd.DataFrame) -> pd.DataFrame:
-    """Rows x, columns seeds -> x, mean, low, high (t-interval over the seeds present at each x)."""
+def _band(table: pd.DataFrame, bounds: tuple[float, float] = (-math.inf, math.inf)) -> pd.DataFrame:
+    """Rows x, columns seeds -> x, mean, low, high (t-interval over the seeds present at each x, clipped to
+    ``bounds``, the range the quantity can take)."""
     stats = [mean_ci(row.to_numpy()) for _, row in table.iterrows()]
     mean = np.array([s.mean for s in stats])
     half = np.array([0.0 if math.isnan(s.half_width) else s.half_width for s in stats])
-    return pd.DataFrame({"x": table.index.to_numpy(dtype=float), "mean": mean, "low": mean - half, "high": mean + half})
+    low, high = np.clip(mean - half, *bounds), np.clip(mean + half, *bounds)
+    return pd.DataFrame({"x": table.index.to_numpy(dtype=float), "mean": mean, "low": low, "high": high})
 
 
 def smooth(values: pd.Series | pd.DataFrame, window: int) -> pd.Series | pd.DataFrame:
@@ -65,14 +69,23 @@ def smooth(values: pd.Series | pd.DataFrame, window: int) -> pd.Series | pd.Data
     return values.rolling(window, center=True, min_periods=1).mean()
 
 
-def curve_band(curves: pd.DataFrame, arm: str, metric: str, x: str, window: int = 1) -> pd.DataFrame:
+def curve_band(
+    curves: pd.DataFrame,
+    arm: str,
+    metric: str,
+    x: str,
+    window: int = 1,
+    bounds: tuple[float, float] = (-math.inf, math.inf),
+) -> pd.DataFrame:
     """Mean and band over seeds of ``metric`` for ``arm`` against "step" or "generated_tokens", each run's curve
-    smoothed over ``window`` of its own points first (``smooth``)."""
+    smoothed over ``window`` of its own points first (``smooth``), the band clipped to ``bounds``."""
     rows = curves[(curves["arm"] == arm) & (curves["metric"] == metric)]
     if rows.empty:
         return pd.DataFrame(columns=["x", "mean", "low", "high"])
     if x == "step":
-        return _band(smooth(rows.pivot_table(index="step", columns="run", values="value", aggfunc="first"), window))
+        return _band(
+            smooth(rows.pivot_table(index="step", columns="run", values="value", aggfunc="first"), window), bounds
+        )
     runs = [r.sort_values("generated_tokens") for _, r in rows.dropna(subset=["generated_tokens"]).groupby("run")]
     if not runs:
         return pd.DataFrame(columns=["x", "mean", "low", "high"])
@@ -83,7 +96,7 @@ def curve_band(curves: pd.DataFrame, arm: str, metric: str, x: str, window: int 
         {i: np.interp(grid, r["generated_tokens"], smooth(r["value"], window)) for i, r in enumerate(runs)},
         index=grid,
     )
-    return _band(table)
+    return _band(table, bounds)
 
 
 def plot_training_curves(curves: pd.DataFrame, arms: list[str], x: str, path_stem: Path, title: str) -> list[Path]:
@@ -91,10 +104,10 @@ def plot_training_curves(curves: pd.DataFrame, arms: list[str], x: str, path_ste
     sns.set_theme(style="whitegrid", context="paper")
     colors = _palette(arms)
     fig, axes = plt.subplots(2, 4, figsize=(17, 6.5), squeeze=False)
-    for ax, (metric, label) in zip(axes.flat, CURVES, strict=True):
+    for ax, (metric, label, bounds) in zip(axes.flat, CURVES, strict=True):
         drawn = False
         for arm in arms:
-            band = curve_band(curves, arm, metric, x, SMOOTHING)
+            band = curve_band(curves, arm, metric, x, SMOOTHING, bounds)
             if band.empty:
                 continue
             marker = "o" if len(band) == 1 else None  # a single shared point: a line would not show
@@ -114,7 +127,10 @@ def plot_training_curves(curves: pd.DataFrame, arms: list[str], x: str, path_ste
     handles, labels = next(((h, lab) for h, lab in (a.get_legend_handles_labels() for a in axes.flat) if h), ([], []))
     if handles:
         fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), bbox_to_anchor=(0.5, -0.04))
-    fig.suptitle(f"{title}: each run smoothed over {SMOOTHING} points, then mean over seeds and 95% t-interval band")
+    fig.suptitle(
+        f"{title}: each run smoothed over {SMOOTHING} points, then mean over seeds and 95% t-interval band "
+        "(clipped to the range the quantity can take)"
+    )
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     return _save(fig, path_stem)
 

@@ -139,7 +139,8 @@ def run_config(sweep: Sweep, arm: Arm, seed: int, sweep_dir: Path) -> RunConfig:
     config = with_algorithm(apply_shared(sweep.base, sweep.shared), arm.preset, **arm_fields(arm, sweep.shared))
     config = dataclasses.replace(config, tag=arm.tag, seed=seed, steps=config.steps if arm.steps is None else arm.steps)
     if arm.test_samples_factor != 1 and config.eval.n is not None:
-        config = dataclasses.replace(config, eval=dataclasses.replace(config.eval, n=config.eval.n * arm.test_samples_factor))
+        test_n = config.eval.n * arm.test_samples_factor
+        config = dataclasses.replace(config, eval=dataclasses.replace(config.eval, n=test_n))
     return dataclasses.replace(config, out_dir=str(Path(sweep_dir).resolve() / config.run_id))
 
 
