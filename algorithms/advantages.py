@@ -64,7 +64,8 @@ def advantages_with_metrics(
     2. Miner (``algo.intrinsic``): homogeneous groups' rows replaced by calibrated intrinsic advantages;
        or UCAS (``algo.ucas``): the group z-score shaped by the old policy's certainty and logits (``ucas.py``);
     3. entropy advantage (Cheng et al., 2506.14758 eq. 4; on when ``entropy_adv_alpha`` > 0):
-       A_t += min(alpha * H_t, |A_t| / kappa), H_t the old policy's entropy (no gradient flows through it).
+       A_t += min(alpha * H_t, |A_t| / kappa), H_t the old policy's entropy (no gradient flows through it);
+       metric ``entropy_adv_mass_share`` = sum|bonus| / (sum|A| + sum|bonus|) over trained tokens (A before it).
     Float32, no gradient, zero outside ``mask_BT``. ``old_logp_BT`` / ``old_entropy_BT`` may be None unless
     ``algo.advantages_read_old_policy`` (Miner reads the log-probs, the entropy advantage the entropies, UCAS the
     log-probs and ``old_logit_stats``).
@@ -96,7 +97,11 @@ def advantages_with_metrics(
                 raise ValueError("old_entropy_BT is required when Algorithm.entropy_adv_alpha > 0")
             assert old_entropy_BT.shape == (B, T)
             entropy_term_BT = algo.entropy_adv_alpha * old_entropy_BT.float()
-            bonus_BT = torch.minimum(entropy_term_BT, adv_BT.abs() / algo.entropy_adv_kappa)
+            bonus_BT = torch.minimum(entropy_term_BT, adv_BT.abs() / algo.entropy_adv_kappa).masked_fill(~mask_BT, 0.0)
+            # the entropy term's share of the advantage mass: sum|bonus| / (sum|A| + sum|bonus|) over trained tokens
+            bonus_mass = bonus_BT.abs().sum(dtype=torch.float64)
+            total_mass = adv_BT.masked_fill(~mask_BT, 0.0).abs().sum(dtype=torch.float64) + bonus_mass
+            metrics["entropy_adv_mass_share"] = (bonus_mass / total_mass.clamp(min=1e-300)).float()
             adv_BT = adv_BT + bonus_BT
         adv_BT = adv_BT.masked_fill(~mask_BT, 0.0).float()
         metrics["nonzero_adv_frac"] = ((adv_BT != 0) & mask_BT).sum() / mask_BT.sum().clamp(min=1)

@@ -112,7 +112,8 @@ class AdvantageOutput:
     ``intrinsic`` on also ``frac_mixed``, ``frac_all_correct``, ``frac_all_wrong``, ``frac_all_correct_varied``
     (shares of groups), ``calibration_scale`` (s), ``intrinsic_mass_share`` (algorithms/miner.py gives each formula),
     ``intrinsic_adv_mean`` and ``intrinsic_adv_max`` (over the trained tokens of rows that received an intrinsic
-    advantage, after calibration; 0 when there are none).
+    advantage, after calibration; 0 when there are none); with the entropy advantage on, ``entropy_adv_mass_share``
+    (algorithms/advantages.py).
     """
 
     adv_BT: Tensor

@@ -125,7 +125,8 @@ def sweep_mechanisms(results: Results, sweep: str) -> Table:
         f"{sweep}-mechanisms",
         f"{sweep}: mechanisms in play, per run then mean ± 95% CI over seeds: shares of group kinds, of "
         f"all-correct groups with a nonzero intrinsic advantage, calibration scale s, intrinsic share of the "
-        f"advantage mass, entropy over the first and last {EDGE_STEPS} steps, response length, tokens, time.",
+        f"advantage mass, entropy over the first and last {EDGE_STEPS} steps, how much the entropy methods act, "
+        f"response length, tokens, time (analysis/mechanisms.py defines each; a column no arm logged is left out).",
     )
 
 

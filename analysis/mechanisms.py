@@ -9,6 +9,10 @@ Per-run numbers, each from the metrics.jsonl keys named (a key a run did not log
     calibration   s mean: mean over steps of algo/calibration_scale; s < 1 %: 100 * share of steps with s < 1
     intrinsic     mass %: 100 * mean over steps of algo/intrinsic_mass_share
     entropy       start, end: mean of policy/entropy over the first and the last EDGE_STEPS steps
+    entropy terms how much the entropy methods act: Cov tokens %: 100 * mean policy/cov_selected_frac (the tokens
+                  Clip-Cov detaches or KL-Cov penalises); 80/20 kept %: 100 * mean policy/entropy_mask_frac (the
+                  tokens the high-entropy mask trains); adv mass %: 100 * mean algo/entropy_adv_mass_share (the
+                  entropy advantage's share of the advantage mass)
     response      length: mean over steps of rollout/response_len_mean; truncated %: 100 * mean rollout/truncated_frac;
                   overlong %: 100 * mean rollout/overlong_frac (responses whose reward DAPO's overlong shaping cut)
     tokens        generated, discarded: tokens/generated_total and tokens/discarded_total at the last step
@@ -100,6 +104,9 @@ MECHANISMS = (
     Mechanism("intrinsic", "mass %", 2, _mean("algo/intrinsic_mass_share", 100)),
     Mechanism("entropy", "start", 3, _edge("policy/entropy", last=False)),
     Mechanism("entropy", "end", 3, _edge("policy/entropy", last=True)),
+    Mechanism("entropy terms", "Cov tokens %", 3, _mean("policy/cov_selected_frac", 100)),
+    Mechanism("entropy terms", "80/20 kept %", 1, _mean("policy/entropy_mask_frac", 100)),
+    Mechanism("entropy terms", "adv mass %", 2, _mean("algo/entropy_adv_mass_share", 100)),
     Mechanism("response", "length", 1, _mean("rollout/response_len_mean")),
     Mechanism("response", "truncated %", 1, _mean("rollout/truncated_frac", 100)),
     Mechanism("response", "overlong %", 1, _mean("rollout/overlong_frac", 100)),
@@ -123,11 +130,12 @@ def run_mechanisms(curves: pd.DataFrame) -> pd.DataFrame:
 
 
 def mechanism_table(curves: pd.DataFrame, arms: list[str], name: str, caption: str) -> Table:
-    """Mean ± 95% t-interval over seeds of every Mechanism for ``arms`` (rows, in order)."""
+    """Mean ± 95% t-interval over seeds of every Mechanism for ``arms`` (rows, in order); a Mechanism no arm
+    logged (a Miner column in a sweep without Miner) is left out."""
     per_run = run_mechanisms(curves[curves["arm"].isin(arms)])
     cells: dict[tuple[str, tuple[str, str]], Cell] = {}
-    columns = tuple((m.group, m.label) for m in MECHANISMS)
-    for mechanism, column in zip(MECHANISMS, columns, strict=True):
+    for mechanism in MECHANISMS:
+        column = (mechanism.group, mechanism.label)
         for arm in arms:
             if per_run.empty or arm not in per_run.index.get_level_values(0):
                 continue
@@ -136,4 +144,6 @@ def mechanism_table(curves: pd.DataFrame, arms: list[str], name: str, caption: s
                 continue
             s = mean_ci(values)
             cells[(arm, column)] = Cell(s.mean, s.half_width, s.n, digits=mechanism.digits)
+    logged = {column for _, column in cells}
+    columns = tuple((m.group, m.label) for m in MECHANISMS if (m.group, m.label) in logged)
     return Table(name, caption, "method", tuple(arms), tuple(arms), columns, cells)

@@ -117,6 +117,9 @@ def test_entropy_advantage_by_hand():
     algo = get_algorithm("entropy_adv")
     got = compute_advantages(algo, torch.tensor([1.0, 0.0]), torch.zeros(2, 2), FULL_22, 2, old_entropy_BT=entropy_BT)
     close(got, want)
+    # the bonus's share of the advantage mass: (0.2 + 3 * a/2) / (4 a + 0.2 + 3 * a/2)
+    out = advantages_with_metrics(algo, torch.tensor([1.0, 0.0]), torch.zeros(2, 2), FULL_22, 2, entropy_BT)
+    close(out.metrics["entropy_adv_mass_share"], (0.2 + 1.5 * a) / (4 * a + 0.2 + 1.5 * a))
     with pytest.raises(ValueError, match="old_entropy_BT"):
         compute_advantages(algo, torch.tensor([1.0, 0.0]), torch.zeros(2, 2), FULL_22, 2)
 

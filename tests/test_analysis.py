@@ -63,7 +63,7 @@ def write_run(sweep_dir: Path, arm: str, seed: int, finished: bool = True) -> Pa
         f.write(json.dumps(row) + "\n")
     test = {
         benchmark: {"avg@4": p1, "pass@1": p1, "pass@2": (p1 + p4) / 2, "pass@4": p4}
-        for benchmark, (p1, p4) in SCORES[arm][seed].items()
+        for benchmark, (p1, p4) in SCORES.get(arm, SCORES["grpo"])[seed].items()  # an arm not in SCORES: grpo's
     }
     summary = {"steps": 3, "best_step": 3, "generated_tokens": 999, "wall_time_s": 1.0, "test": test}
     (run_dir / "summary.json").write_text(json.dumps(summary))
@@ -294,7 +294,7 @@ def test_comparison_sentences_from_the_statistics(sweep_dir: Path):
     assert len(got) == 2
 
 
-def write_mechanism_run(sweep_dir: Path, arm: str, seed: int, miner: bool) -> None:
+def write_mechanism_run(sweep_dir: Path, arm: str, seed: int, miner: bool, extra: dict | None = None) -> None:
     run_dir = write_run(sweep_dir, arm, seed)
     scale = [1.0, 1.0, 0.5, 0.5, 0.25, 1.0]
     with (run_dir / "metrics.jsonl").open("w") as f:
@@ -319,7 +319,7 @@ def write_mechanism_run(sweep_dir: Path, arm: str, seed: int, miner: bool) -> No
                     "algo/calibration_scale": scale[step - 1],
                     "algo/intrinsic_mass_share": 0.01,
                 }
-            f.write(json.dumps(row) + "\n")
+            f.write(json.dumps(row | (extra or {})) + "\n")
 
 
 def test_mechanism_table_columns_from_a_synthetic_sweep(tmp_path: Path):
@@ -350,6 +350,27 @@ def test_mechanism_table_columns_from_a_synthetic_sweep(tmp_path: Path):
     assert table.cells[("grpo", ("groups %", "all-correct"))].mean == pytest.approx(25.0)
     rows = {line.split(" | ")[0].strip("| "): line for line in to_markdown(table).splitlines()}
     assert "| 0.708 ± 0.000 |" in rows["miner"] and "| 600 ± 0 |" in rows["miner"] and "| – |" in rows["grpo"]
+    assert not any(group == "entropy terms" for group, _ in table.columns)  # logged by no arm: left out
+
+
+def test_mechanism_table_shows_how_much_the_entropy_methods_act(tmp_path: Path):
+    from analysis.mechanisms import mechanism_table
+
+    sweep = tmp_path / "mech"
+    for seed in (0, 1):
+        write_mechanism_run(sweep, "grpo", seed, miner=False)
+        write_mechanism_run(sweep, "clip_cov", seed, miner=False, extra={"policy/cov_selected_frac": 2e-4})
+        write_mechanism_run(sweep, "high_entropy_mask", seed, miner=False, extra={"policy/entropy_mask_frac": 0.2})
+        write_mechanism_run(sweep, "entropy_adv", seed, miner=False, extra={"algo/entropy_adv_mass_share": 0.01 * seed})
+    arms = ["grpo", "clip_cov", "high_entropy_mask", "entropy_adv"]
+    table = mechanism_table(load_results([sweep]).curves, arms, "mech", "caption")
+    terms = [label for group, label in table.columns if group == "entropy terms"]
+    assert terms == ["Cov tokens %", "80/20 kept %", "adv mass %"]
+    assert not any(group in ("calibration", "intrinsic") for group, _ in table.columns)  # no Miner arm: left out
+    assert table.cells[("clip_cov", ("entropy terms", "Cov tokens %"))].mean == pytest.approx(0.02)
+    assert table.cells[("high_entropy_mask", ("entropy terms", "80/20 kept %"))].mean == pytest.approx(20.0)
+    assert table.cells[("entropy_adv", ("entropy terms", "adv mass %"))].mean == pytest.approx(0.5)  # 0 % and 1 %
+    assert ("grpo", ("entropy terms", "Cov tokens %")) not in table.cells
 
 
 # the model before RL, tested per seed: (add pass@1, pass@4), (mul pass@1, pass@4); averages 20, 20, 25
