@@ -150,12 +150,13 @@ def plot_pass_at_k(evals: pd.DataFrame, arms: list[str], path_stem: Path, title:
             rows_arm = final[(final["benchmark"] == benchmark) & (final["arm"] == arm)]
             if rows_arm.empty:
                 continue
-            band = _band(100 * rows_arm.pivot_table(index="k", columns="run", values="value", aggfunc="first"))
+            pivot = rows_arm.pivot_table(index="k", columns="run", values="value", aggfunc="first")
+            band = _band(100 * pivot, bounds=(0.0, 100.0))
             dodge = 2 ** (0.06 * (i - (len(arms) - 1) / 2))  # arms side by side on the log axis
             ax.errorbar(
                 band["x"] * dodge,
                 band["mean"],
-                yerr=band["high"] - band["mean"],
+                yerr=[band["mean"] - band["low"], band["high"] - band["mean"]],
                 marker="o",
                 markersize=3,
                 capsize=2,

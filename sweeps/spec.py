@@ -44,6 +44,10 @@ class Arm:
     steps: int | None = None  # None: the sweep's shared steps; 0: no training, the test of the initial model only
     test_samples_factor: int = 1  # test samples per problem: this many times the sweep's eval.n (None n: unchanged)
 
+    def __post_init__(self) -> None:
+        if self.test_samples_factor < 1:
+            raise ValueError(f"arm {self.name}: test_samples_factor {self.test_samples_factor} must be >= 1")
+
     @property
     def name(self) -> str:
         """The arm label tables use: ``{preset}-{tag}`` (the run id without seed and hash); an arm that trains no
@@ -57,8 +61,8 @@ class Arm:
 # sampling seed every run of that seed uses (training.evaluation), so it pairs by seed with every arm. Its config is
 # GRPO's under the shared settings; with no step trained, the algorithm is never used. It is one model, so its spread
 # over seeds is test sampling noise alone, and that noise is larger than a trained arm's (more of its per-problem pass
-# rates are near 1/2): it is tested with twice the sweep's samples per problem (where the sweep sets eval.n), which
-# costs a warm start 15 s on the embedded default and shrinks the paired differences' spread (docs/TESTBED.md).
+# rates are near 1/2): it is tested with twice the sweep's samples per problem where the sweep sets eval.n (with
+# eval.n None, each benchmark's protocol n, unchanged), which shrinks the paired differences' spread (docs/TESTBED.md).
 WARM_START = Arm("grpo", tag="warm_start", steps=0, test_samples_factor=2)
 
 
@@ -139,8 +143,11 @@ def run_config(sweep: Sweep, arm: Arm, seed: int, sweep_dir: Path) -> RunConfig:
     config = with_algorithm(apply_shared(sweep.base, sweep.shared), arm.preset, **arm_fields(arm, sweep.shared))
     config = dataclasses.replace(config, tag=arm.tag, seed=seed, steps=config.steps if arm.steps is None else arm.steps)
     if arm.test_samples_factor != 1 and config.eval.n is not None:
-        test_n = config.eval.n * arm.test_samples_factor
-        config = dataclasses.replace(config, eval=dataclasses.replace(config.eval, n=test_n))
+        n = config.eval.n
+        dev_n = n if config.eval.dev_n is None else config.eval.dev_n  # validation keeps its samples per problem
+        config = dataclasses.replace(
+            config, eval=dataclasses.replace(config.eval, n=n * arm.test_samples_factor, dev_n=dev_n)
+        )
     return dataclasses.replace(config, out_dir=str(Path(sweep_dir).resolve() / config.run_id))
 
 

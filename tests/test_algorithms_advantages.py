@@ -120,6 +120,15 @@ def test_entropy_advantage_by_hand():
     # the bonus's share of the advantage mass: (0.2 + 3 * a/2) / (4 a + 0.2 + 3 * a/2)
     out = advantages_with_metrics(algo, torch.tensor([1.0, 0.0]), torch.zeros(2, 2), FULL_22, 2, entropy_BT)
     close(out.metrics["entropy_adv_mass_share"], (0.2 + 1.5 * a) / (4 * a + 0.2 + 1.5 * a))
+    # a padded token (its entropy NaN) counts in neither sum: (0.2 + 2 * a/2) / (3 a + 0.2 + 2 * a/2)
+    mask_BT = torch.tensor([[True, True], [True, False]])
+    padded_BT = entropy_BT.masked_fill(~mask_BT, float("nan"))
+    out = advantages_with_metrics(algo, torch.tensor([1.0, 0.0]), torch.zeros(2, 2), mask_BT, 2, padded_BT)
+    close(out.metrics["entropy_adv_mass_share"], (0.2 + a) / (4 * a + 0.2))
+    assert out.adv_BT[1, 1] == 0.0
+    # a group of equal rewards: A = 0, so no bonus (min(alpha H, 0) = 0) and a share of 0, not 0 / 0
+    out = advantages_with_metrics(algo, torch.tensor([1.0, 1.0]), torch.zeros(2, 2), FULL_22, 2, entropy_BT)
+    close(out.metrics["entropy_adv_mass_share"], 0.0)
     with pytest.raises(ValueError, match="old_entropy_BT"):
         compute_advantages(algo, torch.tensor([1.0, 0.0]), torch.zeros(2, 2), FULL_22, 2)
 

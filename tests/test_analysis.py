@@ -241,14 +241,16 @@ def test_curve_band_smooths_each_run_before_the_seed_band():
     assert smoothed.loc[0, "high"] == pytest.approx(smoothed.loc[0, "mean"])
 
 
-def test_curve_band_is_clipped_to_the_range_the_quantity_can_take():
+@pytest.mark.parametrize("x", ["step", "generated_tokens"])
+def test_curve_band_is_clipped_to_the_range_the_quantity_can_take(x: str):
     # a share in [0, 1] at 0.1 and 0.3 over two seeds: mean 0.2, half width 12.7062 * 0.1 reaches -1.07 and 1.47
     curves = pd.DataFrame(
-        {"run": ["r0", "r1"], "arm": "x", "seed": [0, 1], "step": 1, "metric": "m", "value": [0.1, 0.3]}
-    )
-    free = curve_band(curves, "x", "m", "step")
+        {"run": ["r0", "r1"], "arm": "x", "seed": [0, 1], "step": 1, "metric": "m", "value": [0.1, 0.3],
+         "generated_tokens": 100}
+    )  # fmt: skip
+    free = curve_band(curves, "x", "m", x)
     assert (free.loc[0, "low"], free.loc[0, "high"]) == pytest.approx((0.2 - 1.27062047, 0.2 + 1.27062047))
-    clipped = curve_band(curves, "x", "m", "step", bounds=(0.0, 1.0))
+    clipped = curve_band(curves, "x", "m", x, bounds=(0.0, 1.0))
     assert (clipped.loc[0, "low"], clipped.loc[0, "mean"], clipped.loc[0, "high"]) == pytest.approx((0.0, 0.2, 1.0))
 
 

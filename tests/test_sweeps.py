@@ -79,9 +79,27 @@ def test_runs_share_settings_and_differ_only_in_their_arm(tmp_path: Path):
     assert arms["miner-no_focal"]["changes"] == {"algorithm.credit": "uniform"}
     assert arms["grpo"]["changes"] == {"algorithm.intrinsic": False, "algorithm.calibration": False}
     assert arms["miner"]["departures"] == {"algorithm.intrinsic": True, "algorithm.calibration": True}
-    # GRPO's config under the shared settings, untrained, and tested with twice the samples per problem
-    assert arms["warm_start"]["departures"] == {"steps": 0, "eval.n": 96}
+    # GRPO's config under the shared settings, untrained, tested with twice the samples per problem (validation, had
+    # it any, with the sweep's)
+    assert arms["warm_start"]["departures"] == {"steps": 0, "eval.n": 96, "eval.dev_n": 48}
     assert report["shared"]["lr"] == 3e-5
+
+
+def test_test_samples_factor_multiplies_a_set_eval_n_only(tmp_path: Path):
+    import dataclasses
+
+    from sweeps.spec import WARM_START, run_config
+
+    sweep = parse(ablation, ["--components", "focal", "--set", "eval.dev_n=8"])
+    assert run_config(sweep, WARM_START, 0, tmp_path).eval.n == 96  # 2 x the tiny sweeps' 48
+    assert run_config(sweep, WARM_START, 0, tmp_path).eval.dev_n == 8  # a set dev_n is kept
+    plain = Arm("grpo")
+    assert run_config(sweep, plain, 0, tmp_path) == run_config(sweep, Arm("grpo", test_samples_factor=1), 0, tmp_path)
+    protocol_eval = dataclasses.replace(sweep.base.eval, n=None)
+    protocols = dataclasses.replace(sweep, base=dataclasses.replace(sweep.base, eval=protocol_eval))
+    assert run_config(protocols, WARM_START, 0, tmp_path).eval.n is None  # each benchmark's protocol n, unchanged
+    with pytest.raises(ValueError, match="arm grpo-x: test_samples_factor 0 must be >= 1"):
+        Arm("grpo", tag="x", test_samples_factor=0)
 
 
 def test_shared_aggregation_only_where_a_method_has_none_of_its_own(tmp_path: Path):
