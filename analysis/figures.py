@@ -25,7 +25,8 @@ from analysis.stats import mean_ci
 from analysis.tables import AVERAGE, run_scores
 
 # metric, panel title, the range its values can take (a seed band is drawn clipped to it: with 3 seeds a t-interval
-# often reaches past 0 or 1, where the quantity cannot go)
+# often reaches past 0 or 1, where the quantity cannot go). The first CORE_CURVES panels are always drawn (every
+# trainer logs them); a later one only where some arm logged its metric (Miner's, the entropy methods').
 CURVES = (
     ("rollout/reward_mean", "reward", (-math.inf, math.inf)),  # shaped rewards (DAPO's overlong term) go below 0
     ("rollout/acc_mean", "accuracy", (0.0, 1.0)),
@@ -35,7 +36,12 @@ CURVES = (
     ("algo/frac_all_correct_varied", "all-correct, varied responses", (0.0, 1.0)),
     ("algo/calibration_scale", "calibration scale", (0.0, 1.0)),
     ("algo/intrinsic_mass_share", "intrinsic share of advantage mass", (0.0, 1.0)),
+    ("policy/cov_selected_frac", "Clip-Cov / KL-Cov selected tokens", (0.0, 1.0)),
+    ("policy/entropy_mask_frac", "80/20 mask: kept tokens", (0.0, 1.0)),
+    ("algo/entropy_adv_mass_share", "entropy share of advantage mass", (0.0, 1.0)),
 )
+CORE_CURVES = 5
+PANELS_PER_ROW = 4
 TOKEN_GRID = 60  # points on the shared generated-token axis
 SMOOTHING = 5  # training-curve points averaged in the centred rolling mean
 
@@ -99,12 +105,23 @@ def curve_band(
     return _band(table, bounds)
 
 
+def curve_panels(curves: pd.DataFrame, arms: list[str]) -> list[tuple[str, str, tuple[float, float]]]:
+    """The CURVES a training-curve figure of ``arms`` draws: the core ones, then those some arm logged."""
+    logged = set(curves.loc[curves["arm"].isin(arms), "metric"])
+    return [curve for i, curve in enumerate(CURVES) if i < CORE_CURVES or curve[0] in logged]
+
+
 def plot_training_curves(curves: pd.DataFrame, arms: list[str], x: str, path_stem: Path, title: str) -> list[Path]:
-    """One panel per metric of CURVES, one line per arm with its seed band; x is "step" or "generated_tokens"."""
+    """One panel per metric of CURVES (the core ones, then those some arm logged), one line per arm with its seed
+    band; x is "step" or "generated_tokens"."""
     sns.set_theme(style="whitegrid", context="paper")
     colors = _palette(arms)
-    fig, axes = plt.subplots(2, 4, figsize=(17, 6.5), squeeze=False)
-    for ax, (metric, label, bounds) in zip(axes.flat, CURVES, strict=True):
+    panels = curve_panels(curves, arms)
+    rows = math.ceil(len(panels) / PANELS_PER_ROW)
+    fig, axes = plt.subplots(rows, PANELS_PER_ROW, figsize=(17, 3.25 * rows), squeeze=False)
+    for ax in axes.flat[len(panels) :]:
+        ax.set_visible(False)
+    for ax, (metric, label, bounds) in zip(axes.flat, panels, strict=False):
         drawn = False
         for arm in arms:
             band = curve_band(curves, arm, metric, x, SMOOTHING, bounds)

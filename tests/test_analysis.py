@@ -355,6 +355,21 @@ def test_mechanism_table_columns_from_a_synthetic_sweep(tmp_path: Path):
     assert not any(group == "entropy terms" for group, _ in table.columns)  # logged by no arm: left out
 
 
+def test_curve_panels_are_the_core_ones_then_those_an_arm_logged():
+    from analysis.figures import CORE_CURVES, CURVES, curve_panels
+
+    def frame(arm_metrics: dict[str, list[str]]) -> pd.DataFrame:
+        rows = [(arm, m) for arm, metrics in arm_metrics.items() for m in metrics]
+        return pd.DataFrame(rows, columns=["arm", "metric"])
+
+    core = [metric for metric, _, _ in CURVES[:CORE_CURVES]]
+    cov, scale = "policy/cov_selected_frac", "algo/calibration_scale"
+    compare = frame({"grpo": core, "clip_cov": [*core, cov], "miner": [scale]})
+    assert [m for m, _, _ in curve_panels(compare, ["grpo", "clip_cov"])] == [*core, cov]
+    assert scale in [m for m, _, _ in curve_panels(compare, ["grpo", "miner"])]
+    assert [m for m, _, _ in curve_panels(frame({"grpo": []}), ["grpo"])] == core  # the core ones, even unlogged
+
+
 def test_mechanism_table_shows_how_much_the_entropy_methods_act(tmp_path: Path):
     from analysis.mechanisms import mechanism_table
 
