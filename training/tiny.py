@@ -28,7 +28,8 @@ machine kind only, and the embedded default must be the same model on every host
 shipped folder for seed 0 and ``RECIPE`` without building. Its ``tiny_build.json`` holds the recipe, the dev curve and
 a fingerprint of the weights after the first ``PREFIX_STEPS`` SFT steps (``prefix``), which the tests replay on any
 machine (``replay_prefix``). The shipped model (recipe version 5) was made by one
-``python -m training.tiny build --out training/tiny_model`` on a 2-core AVX-512 x86-64 host (6 min 13 s).
+``python -m training.tiny build --out training/tiny_model`` on a 2-core AVX-512 x86-64 host (its time is the
+``build_time_s`` of its ``tiny_build.json``).
 """
 
 import argparse
